@@ -1,0 +1,102 @@
+"""Noise for the forward and reverse diffusion process: Gaussian, or simplex as in AnoDDPM.
+
+A noise source is called with the shape of a batch, the step ``t`` of every sample and
+a ``torch.Generator``; the same generator state gives the same noise.
+
+Simplex noise follows AnoDDPM (Wyatt et al., 2022): 3D OpenSimplex noise sampled at
+``(x / f, y / f, t / f)`` for pixel coordinates ``x, y`` and step ``t``, summed over
+octaves whose frequency ``f`` halves and whose amplitude is multiplied by the
+persistence each time. The sum is not renormalised, as in AnoDDPM. Every sample and
+channel of a batch draws a new seed, so no two samples share a pattern. The
+``opensimplex`` package compiles its array functions with numba when numba is
+installed, which is what makes this fast enough to train with.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import numpy as np
+import opensimplex
+import torch
+
+NoiseType = Literal["gaussian", "simplex"]
+
+# Seeds are drawn below 2**62 so they fit opensimplex's signed 64-bit arithmetic.
+_SEED_LIMIT = 2**62
+
+
+class NoiseSource(Protocol):
+    """Draws noise of ``shape`` for samples at steps ``t`` (a tensor of shape ``(B,)``)."""
+
+    def __call__(self, shape: tuple[int, ...], t: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+class GaussianNoise:
+    """Standard normal noise, independent per pixel."""
+
+    def __call__(self, shape: tuple[int, ...], t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device)
+
+
+class SimplexNoise:
+    """Multi-octave 3D OpenSimplex noise with a fresh seed per sample and channel."""
+
+    def __init__(self, *, octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0) -> None:
+        if octaves < 1:
+            raise ValueError(f"octaves must be at least 1, but got {octaves}")
+        self.octaves = octaves
+        self.persistence = persistence
+        self.frequency = frequency
+
+    def __call__(self, shape: tuple[int, ...], t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch, channels, height, width = shape
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},), but got {tuple(t.shape)}")
+        seeds = torch.randint(0, _SEED_LIMIT, (batch, channels), generator=generator, device=generator.device)
+        noise = np.empty(shape, dtype=np.float32)
+        for b, step in enumerate(t.tolist()):
+            for c in range(channels):
+                noise[b, c] = self.draw(int(seeds[b, c]), step, height, width)
+        return torch.from_numpy(noise).to(generator.device)
+
+    def draw(self, seed: int, step: float, height: int, width: int) -> np.ndarray:
+        """Return one ``(height, width)`` noise image for ``seed`` at step ``step``."""
+        generator = opensimplex.OpenSimplex(seed)
+        rows = np.arange(height, dtype=np.float64)
+        columns = np.arange(width, dtype=np.float64)
+        total = np.zeros((height, width), dtype=np.float64)
+        frequency, amplitude = self.frequency, 1.0
+        for _ in range(self.octaves):
+            # noise3array(x, y, z) returns an array of shape (len(z), len(y), len(x)).
+            layer = generator.noise3array(columns / frequency, rows / frequency, np.array([step / frequency]))
+            total += amplitude * layer[0]
+            frequency /= 2
+            amplitude *= self.persistence
+        return total
+
+
+def make_noise(noise_type: str, *, octaves: int = 6, persistence: float = 0.8, frequency: float = 64.0) -> NoiseSource:
+    """Build the noise source for ``noise_type`` ('gaussian' or 'simplex')."""
+    if noise_type == "gaussian":
+        return GaussianNoise()
+    if noise_type == "simplex":
+        return SimplexNoise(octaves=octaves, persistence=persistence, frequency=frequency)
+    raise ValueError(f"noise type must be 'gaussian' or 'simplex', but got {noise_type!r}")
+
+
+def data_range(noise_type: str) -> tuple[float, float]:
+    """Return the model's input range: [0, 1] for Gaussian noise and [-1, 1] for simplex."""
+    return (0.0, 1.0) if noise_type == "gaussian" else (-1.0, 1.0)
+
+
+def to_model_range(images: torch.Tensor, noise_type: str) -> torch.Tensor:
+    """Map images in [0, 1] to the model's input range for ``noise_type``."""
+    low, high = data_range(noise_type)
+    return images * (high - low) + low
+
+
+def from_model_range(images: torch.Tensor, noise_type: str) -> torch.Tensor:
+    """Map model outputs back to [0, 1], clipping what falls outside."""
+    low, high = data_range(noise_type)
+    return ((images - low) / (high - low)).clamp(0.0, 1.0)

@@ -1,0 +1,153 @@
+"""Training a DDPM on healthy images with the simplified loss ||eps - eps_theta(x_t, t)||^2."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipelines.diffusion.noise import NoiseSource, to_model_range
+from pipelines.diffusion.schedule import DiffusionSchedule
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f"training loss is {value} at epoch {epoch}, step {step}; lower training.lr or check the input data"
+        )
+        self.epoch = epoch
+        self.step = step
+        self.value = value
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How long and how to train; exactly one of ``epochs`` and ``steps`` is set."""
+
+    batch_size: int
+    lr: float
+    epochs: int | None = None
+    steps: int | None = None
+    weight_decay: float = 0.0
+    rotation_degrees: float = 15.0
+    hflip: bool = True
+    vflip: bool = True
+
+    def total_steps(self, num_images: int) -> int:
+        """Return the number of optimiser steps for a training set of ``num_images``."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * math.ceil(num_images / self.batch_size)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Mean loss over one pass through the training images."""
+
+    epoch: int
+    step: int
+    loss: float
+
+
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    rotation_degrees: float,
+    hflip: bool,
+    vflip: bool,
+) -> torch.Tensor:
+    """Rotate each image by a random angle and flip it at random, zero-filling the corners."""
+    batch = images.shape[0]
+    device = images.device
+    if hflip:
+        flip = torch.rand(batch, generator=generator, device=generator.device).to(device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if vflip:
+        flip = torch.rand(batch, generator=generator, device=generator.device).to(device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-2), images)
+    if rotation_degrees > 0:
+        angles = (torch.rand(batch, generator=generator, device=generator.device).to(device) * 2 - 1)
+        angles = angles * math.radians(rotation_degrees)
+        cos, sin = angles.cos(), angles.sin()
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return images
+
+
+def train_ddpm(
+    model: torch.nn.Module,
+    schedule: DiffusionSchedule,
+    images: torch.Tensor,
+    *,
+    noise_type: str,
+    noise: NoiseSource,
+    settings: TrainingSettings,
+    generator: torch.Generator,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train ``model`` to predict the noise added to ``images`` (N, 1, H, W, values in [0, 1]).
+
+    The images are augmented on their device, mapped to the model's input range for
+    ``noise_type``, noised to a uniformly drawn step and the UNet learns the noise.
+    ``on_epoch`` is called after every pass through the data. Raises
+    :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images must have shape (N, 1, H, W), but got {tuple(images.shape)}")
+    num_images = images.shape[0]
+    if num_images == 0:
+        raise ValueError("there are no training images")
+    device = images.device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    total_steps = settings.total_steps(num_images)
+    model.train()
+
+    history: list[EpochStats] = []
+    step, epoch = 0, 0
+    while step < total_steps:
+        epoch += 1
+        order = torch.randperm(num_images, generator=generator, device=generator.device).to(device)
+        losses = []
+        for start in range(0, num_images, settings.batch_size):
+            if step >= total_steps:
+                break
+            batch = images[order[start : start + settings.batch_size]]
+            batch = augment(
+                batch,
+                generator,
+                rotation_degrees=settings.rotation_degrees,
+                hflip=settings.hflip,
+                vflip=settings.vflip,
+            )
+            x_start = to_model_range(batch, noise_type)
+
+            # Draw t uniformly from 1..T, noise the batch to it and regress the noise.
+            t = torch.randint(1, schedule.T + 1, (x_start.shape[0],), generator=generator, device=generator.device)
+            t = t.to(device)
+            eps = noise(tuple(x_start.shape), t, generator).to(device)
+            x_t = schedule.q_sample(x_start, t, eps)
+            loss = F.mse_loss(model(x_t, t - 1), eps)
+
+            value = loss.item()
+            step += 1
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+
+        stats = EpochStats(epoch=epoch, step=step, loss=sum(losses) / len(losses))
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    model.eval()
+    return history

@@ -1,0 +1,77 @@
+"""DDPM training: the loss falls on a tiny problem, runs are reproducible, NaN stops training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines.diffusion.noise import GaussianNoise, SimplexNoise
+from pipelines.diffusion.schedule import DiffusionSchedule
+from pipelines.diffusion.training import NonFiniteLossError, TrainingSettings, augment, train_ddpm
+from pipelines.diffusion.unet import build_unet
+
+
+def tiny_unet(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_unet(channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8)
+
+
+def images(count: int = 12) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return torch.rand(count, 1, 16, 16, generator=generator)
+
+
+def run(noise_type: str = "gaussian", epochs: int = 3, lr: float = 2e-3, data: torch.Tensor | None = None) -> list:
+    noise = GaussianNoise() if noise_type == "gaussian" else SimplexNoise()
+    settings = TrainingSettings(batch_size=4, lr=lr, epochs=epochs)
+    return train_ddpm(
+        tiny_unet(), DiffusionSchedule(50), images() if data is None else data,
+        noise_type=noise_type, noise=noise, settings=settings, generator=torch.Generator().manual_seed(0),
+    )
+
+
+def test_history_counts_epochs_and_steps() -> None:
+    history = run(epochs=3)
+    assert [stats.epoch for stats in history] == [1, 2, 3]
+    assert history[-1].step == 3 * 3
+
+
+def test_steps_setting_stops_mid_epoch() -> None:
+    settings = TrainingSettings(batch_size=4, lr=1e-3, steps=5)
+    history = train_ddpm(
+        tiny_unet(), DiffusionSchedule(50), images(), noise_type="gaussian", noise=GaussianNoise(),
+        settings=settings, generator=torch.Generator().manual_seed(0),
+    )
+    assert history[-1].step == 5
+    assert len(history) == 2
+
+
+def test_training_reproducible() -> None:
+    assert [s.loss for s in run(epochs=2)] == [s.loss for s in run(epochs=2)]
+
+
+def test_loss_decreases() -> None:
+    history = run(epochs=12)
+    assert history[-1].loss < history[0].loss
+
+
+def test_simplex_training_runs() -> None:
+    history = run("simplex", epochs=2)
+    assert all(stats.loss > 0 for stats in history)
+
+
+def test_nan_loss_raises() -> None:
+    data = images()
+    data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 1, step \d; lower training.lr"):
+        run(epochs=2, data=data)
+
+
+def test_augment_keeps_shape_and_range() -> None:
+    batch = images(6)
+    out = augment(batch, torch.Generator().manual_seed(0), rotation_degrees=30, hflip=True, vflip=True)
+    assert out.shape == batch.shape
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, batch)
+    same = augment(batch, torch.Generator().manual_seed(0), rotation_degrees=0, hflip=False, vflip=False)
+    assert torch.equal(same, batch)
