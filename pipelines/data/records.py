@@ -1,0 +1,102 @@
+"""One row per input image: where it came from, its label and group, and what became of it.
+
+The manifest CSV written from these records is the audit trail of a sweep's data:
+every file that was found is listed, with its SHA-256, the split it went to, or the
+reason it was dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+HEALTHY = "healthy"
+PATHOLOGICAL = "pathological"
+
+MANIFEST_COLUMNS = ("id", "path", "sha256", "source", "group", "frame", "label", "finding", "split", "reason")
+
+
+@dataclass
+class ImageRecord:
+    """An input image and its fate; ``reason`` is empty while the image is in use."""
+
+    id: str
+    path: str
+    source: str
+    group: str
+    frame: str
+    label: str
+    finding: str = ""
+    sha256: str = ""
+    split: str = ""
+    reason: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return not self.reason
+
+    def drop(self, reason: str) -> None:
+        """Mark the record as not used, keeping the first reason given."""
+        if not self.reason:
+            self.reason = reason
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_inside(folder: Path, path: Path) -> bool:
+    """Tell whether ``path``, with links and ``..`` resolved, lies inside ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def drop_duplicates(records: list[ImageRecord]) -> int:
+    """Drop every record whose file bytes equal an earlier record's; return how many were dropped."""
+    first_by_hash: dict[str, str] = {}
+    dropped = 0
+    for record in sorted(records, key=lambda r: r.id):
+        if not record.kept or not record.sha256:
+            continue
+        original = first_by_hash.setdefault(record.sha256, record.id)
+        if original != record.id:
+            record.drop(f"duplicate of {original}")
+            dropped += 1
+    return dropped
+
+
+def write_manifest(records: list[ImageRecord], path: Path) -> Path:
+    """Write the records as CSV, sorted by id, and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        for record in sorted(records, key=lambda r: r.id):
+            row = dataclasses.asdict(record)
+            writer.writerow({column: row[column] for column in MANIFEST_COLUMNS})
+    return path
+
+
+def read_manifest(path: Path) -> list[ImageRecord]:
+    """Read a manifest written by :func:`write_manifest`."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [ImageRecord(**row) for row in csv.DictReader(handle)]
+
+
+def summarize(records: list[ImageRecord]) -> dict[str, int]:
+    """Count kept images per split and label, and dropped images per reason kind."""
+    counts: Counter[str] = Counter()
+    for record in records:
+        if record.kept:
+            counts[f"{record.split or 'unassigned'}/{record.label}"] += 1
+        else:
+            counts[f"dropped/{record.reason.split(':')[0].split(' of ')[0]}"] += 1
+    return dict(sorted(counts.items()))
