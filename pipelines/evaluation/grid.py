@@ -1,0 +1,210 @@
+"""Evaluating the grid of method x noise type x noise level t on one split of images.
+
+Each cell reconstructs every image, builds the anomaly maps, scores each image by
+the mean of its map inside the head, and summarises reconstruction quality (MAE,
+SSIM, LPIPS for healthy and pathological images) and detection (AUPRC, AUROC).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipelines.data.dataset import PreparedSplit
+from pipelines.diffusion.noise import NoiseSource
+from pipelines.diffusion.schedule import DiffusionSchedule
+from pipelines.methods.anoddpm import anoddpm_reconstruct
+from pipelines.methods.autoddpm import AutoDDPMSettings, autoddpm
+from pipelines.metrics.detection import auprc, auroc
+from pipelines.metrics.image import mae, ssim
+from pipelines.metrics.lpips import PerceptualDistance
+from pipelines.metrics.maps import anomaly_maps, image_scores
+
+METHOD_LABELS = {"anoddpm": "AnoDDPM", "autoddpm": "AutoDDPM"}
+NOISE_LABELS = {"gaussian": "Gaussian", "simplex": "Simplex"}
+AUTODDPM_MAP = "autoddpm"
+
+
+@dataclass(frozen=True, order=True)
+class GridCell:
+    """One evaluation setting: a method, the noise type of its model and a noise level t."""
+
+    method: str
+    noise: str
+    t: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.noise}-t{self.t}"
+
+    def label(self, stride: int = 1) -> str:
+        """Return a label in the paper's style, such as ``AnoDDPM-Gaussian(t=250)``."""
+        shown = f"{self.t}" if stride == 1 else f"{self.t}, ≙{self.t * stride}"
+        return f"{METHOD_LABELS[self.method]}-{NOISE_LABELS[self.noise]}(t={shown})"
+
+
+def grid_cells(methods: dict[str, list[str]], t_values: list[int]) -> list[GridCell]:
+    """Return every cell of the grid, ordered by method, noise type and t."""
+    return sorted(GridCell(method, noise, t) for method, noises in methods.items() for noise in noises for t in t_values)
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How to evaluate a cell: maps to build, the map that scores images, batching and seed."""
+
+    anomaly_maps: tuple[str, ...] = ("mae", "lpips", "mae_lpips")
+    score_map: str = "mae_lpips"
+    batch_size: int = 32
+    seed: int = 0
+    autoddpm: AutoDDPMSettings = field(default_factory=AutoDDPMSettings)
+
+
+@dataclass
+class CellOutputs:
+    """Per-image results of one cell on one split (NumPy arrays, images first)."""
+
+    cell: GridCell
+    split: str
+    labels: np.ndarray
+    ids: list[str]
+    images: np.ndarray
+    reconstructions: np.ndarray
+    maps: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    image_metrics: dict[str, np.ndarray]
+    score_map: str
+    intermediates: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def cell_seed(seed: int, cell: GridCell, split: str) -> int:
+    """Derive a stable seed per cell and split, independent of the order cells run in."""
+    return zlib.crc32(f"{seed}/{cell.name}/{split}".encode())
+
+
+@torch.no_grad()
+def evaluate_cell(
+    cell: GridCell,
+    model: torch.nn.Module,
+    schedule: DiffusionSchedule,
+    data: PreparedSplit,
+    *,
+    split: str,
+    noise: NoiseSource,
+    distance: PerceptualDistance,
+    settings: GridSettings,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> CellOutputs:
+    """Reconstruct and score every image of ``data`` for one grid cell."""
+    generator = torch.Generator(device=device).manual_seed(cell_seed(settings.seed, cell, split))
+    images = torch.tensor(data.images)  # a copy: shared arrays may be read-only
+    masks = torch.tensor(data.head_masks)
+    collected: dict[str, list[torch.Tensor]] = {}
+
+    for start in range(0, len(data), settings.batch_size):
+        batch = images[start : start + settings.batch_size].to(device)
+        parts = _reconstruct(cell, model, schedule, batch, noise=noise, generator=generator, distance=distance, settings=settings)
+        maps = anomaly_maps(batch, parts["reconstruction"], list(settings.anomaly_maps), distance=distance)
+        if cell.method == "autoddpm":
+            maps[AUTODDPM_MAP] = parts["anomaly_map"]
+        batch_masks = masks[start : start + settings.batch_size].to(device)
+        for name, value in maps.items():
+            _append(collected, f"map/{name}", value)
+            _append(collected, f"score/{name}", image_scores(value, batch_masks))
+        _append(collected, "metric/mae", mae(batch, parts["reconstruction"]))
+        _append(collected, "metric/ssim", ssim(batch, parts["reconstruction"]))
+        _append(collected, "metric/lpips", distance(batch, parts["reconstruction"]))
+        for name, value in parts.items():
+            _append(collected, f"part/{name}", value)
+        if on_batch is not None:
+            on_batch(min(start + settings.batch_size, len(data)), len(data))
+
+    arrays = {key: torch.cat(values).cpu().numpy() for key, values in collected.items()}
+    return CellOutputs(
+        cell=cell,
+        split=split,
+        labels=data.labels,
+        ids=list(data.ids),
+        images=data.images,
+        reconstructions=arrays["part/reconstruction"],
+        maps=_with_prefix(arrays, "map/"),
+        scores=_with_prefix(arrays, "score/"),
+        image_metrics=_with_prefix(arrays, "metric/"),
+        score_map=AUTODDPM_MAP if cell.method == "autoddpm" else settings.score_map,
+        intermediates={
+            name: value
+            for name, value in _with_prefix(arrays, "part/").items()
+            if name in ("coarse", "mask", "stitched")
+        },
+    )
+
+
+def _reconstruct(
+    cell: GridCell,
+    model: torch.nn.Module,
+    schedule: DiffusionSchedule,
+    batch: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    generator: torch.Generator,
+    distance: PerceptualDistance,
+    settings: GridSettings,
+) -> dict[str, torch.Tensor]:
+    if cell.method == "anoddpm":
+        reconstruction = anoddpm_reconstruct(
+            model, schedule, batch, cell.t, noise_type=cell.noise, noise=noise, generator=generator
+        )
+        return {"reconstruction": reconstruction}
+    if cell.method == "autoddpm":
+        output = autoddpm(
+            model,
+            schedule,
+            batch,
+            cell.t,
+            noise_type=cell.noise,
+            noise=noise,
+            generator=generator,
+            distance=distance.spatial,
+            settings=settings.autoddpm,
+        )
+        return {
+            "reconstruction": output.reconstruction,
+            "coarse": output.coarse,
+            "mask": output.mask,
+            "stitched": output.stitched,
+            "anomaly_map": output.anomaly_map,
+        }
+    raise ValueError(f"method must be 'anoddpm' or 'autoddpm', but got {cell.method!r}")
+
+
+def summarize_cell(outputs: CellOutputs) -> dict[str, float]:
+    """Return the cell's summary metrics: reconstruction quality per label, AUPRC and AUROC."""
+    labels = outputs.labels
+    summary: dict[str, float] = {
+        "n_healthy": float((labels == 0).sum()),
+        "n_pathological": float((labels == 1).sum()),
+    }
+    for metric, values in outputs.image_metrics.items():
+        for label_value, label_name in ((0, "healthy"), (1, "pathological")):
+            chosen = values[labels == label_value]
+            if chosen.size:
+                summary[f"{metric}_{label_name}_mean"] = float(chosen.mean())
+                summary[f"{metric}_{label_name}_std"] = float(chosen.std())
+    for name, scores in outputs.scores.items():
+        summary[f"auprc_{name}"] = auprc(labels, scores)
+        summary[f"auroc_{name}"] = auroc(labels, scores)
+    summary["auprc"] = summary[f"auprc_{outputs.score_map}"]
+    summary["auroc"] = summary[f"auroc_{outputs.score_map}"]
+    return summary
+
+
+def _append(collected: dict[str, list[torch.Tensor]], key: str, value: torch.Tensor) -> None:
+    collected.setdefault(key, []).append(value.detach().float().cpu())
+
+
+def _with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key.removeprefix(prefix): value for key, value in arrays.items() if key.startswith(prefix)}

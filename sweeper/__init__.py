@@ -1,0 +1,1 @@
+"""The control plane: the ``sweeper`` CLI, spec validation and Ray Tune orchestration."""

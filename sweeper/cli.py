@@ -1,0 +1,117 @@
+"""The ``sweeper`` command line: launch sweeps, check their status, run the MLflow server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sweeper.mlflow_commands import mlflow_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (-v: info, -vv: debug).")
+def cli(verbose: int) -> None:
+    """Ray Tune sweeps of diffusion-based anomaly detection in fetal brain ultrasound, tracked in MLflow."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec value, e.g. training.lr=3e-4 (repeatable).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help="Folder that relative data paths resolve against.")
+@click.option("--tracking-uri", help="MLflow tracking server URI (default: start or reuse the local server).")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder for Ray Tune results (default: ~/.sweeper/sweeps).")
+@click.option("--address", help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start Ray locally).")
+@click.option("--name", help="Sweep name (default: the spec's name).")
+def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, tracking_uri: str | None, storage: Path | None, address: str | None, name: str | None) -> None:
+    """Launch the sweep described by the YAML file SPEC.
+
+    The spec, its search space, the data sources, the storage path and the tracking
+    server are all checked before Ray starts. Each trial trains one DDPM per noise
+    type on healthy images and evaluates the method x noise x t grid; every
+    parameter, metric and artifact goes to MLflow.
+    """
+    from sweeper.launch import LaunchError, LaunchOptions, run_sweep
+    from sweeper.spec import SpecError
+
+    options = LaunchOptions(spec, list(overrides), data_root, tracking_uri, storage, address, name)
+    try:
+        summary = run_sweep(options, echo=click.echo)
+    except (SpecError, LaunchError) as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:
+        from pipelines.data.dataset import EmptyDatasetError
+        from pipelines.data.roboflow import DataSourceError
+        from pipelines.data.split import SplitError
+        from pipelines.metrics.lpips import LPIPSWeightsError
+
+        if isinstance(error, (EmptyDatasetError, DataSourceError, SplitError, LPIPSWeightsError)):
+            raise click.ClickException(str(error)) from None
+        raise
+    _print_summary(summary)
+    if any(trial["state"] == "ERROR" for trial in summary["trials"]):
+        raise click.ClickException(f"{summary['errored']} trial(s) failed; see 'sweeper status {options.name or ''}'".rstrip())
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    click.echo("")
+    click.echo("Trials:")
+    for trial in summary["trials"]:
+        sampled = ", ".join(f"{key}={value}" for key, value in trial["config"].items()) or "base spec"
+        result = _format_auc(trial["best_test_auprc"], trial["best_test_auroc"])
+        click.echo(f"  {trial['trial_id']}  {trial['state']:<10} {sampled}  best: {trial['best_cell'] or '-'} {result}")
+        if trial["error"]:
+            click.echo(f"    error: {trial['error']}")
+    for trial in summary["trials"]:
+        if trial["table1_markdown"]:
+            click.echo(f"\nTable 1, trial {trial['trial_id']} (test split, t chosen on validation):\n")
+            click.echo(trial["table1_markdown"])
+    click.echo(f"MLflow UI: {summary['mlflow_url']}")
+    click.echo(f"Tune results: {summary['storage']}")
+
+
+def _format_auc(auprc: float | None, auroc: float | None) -> str:
+    if auprc is None or auroc is None:
+        return ""
+    return f"(test AUPRC {100 * auprc:.1f}, AUROC {100 * auroc:.1f})"
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder the sweep was launched with (default: ~/.sweeper/sweeps).")
+def status(name: str, storage: Path | None) -> None:
+    """Show the trials of sweep NAME, their states and best results."""
+    from sweeper.status import SweepNotFoundError, sweep_status
+
+    try:
+        rows = sweep_status(name, storage)
+    except SweepNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Sweep {name}: {len(rows)} trials")
+    for row in rows:
+        sampled = ", ".join(f"{key}={value}" for key, value in row["config"].items()) or "base spec"
+        result = _format_auc(row["best_test_auprc"], row["best_test_auroc"])
+        click.echo(f"  {row['trial_id']}  {row['state']:<10} {row['phase'] or '-':<16} {sampled}  {row['best_cell']} {result}")
+
+
+cli.add_command(mlflow_group)
+
+
+# Nothing the CLI starts reports usage to outside hosts unless the user opts back in.
+_PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def main() -> None:
+    for name, value in _PRIVATE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    cli(prog_name="sweeper")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

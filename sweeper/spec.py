@@ -1,0 +1,515 @@
+"""The sweep spec: a YAML file, validated in full before Ray starts.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an
+error with a suggestion. Checks that span sections (t ≤ T, image size against the
+UNet depth) run in :func:`check_consistency`. All problems surface as one-line
+:class:`SpecError` messages naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["anoddpm", "autoddpm"]
+NoiseType = Literal["gaussian", "simplex"]
+AnomalyMap = Literal["mae", "lpips", "mae_lpips"]
+EvalSplit = Literal["val", "test"]
+
+# Smallest image side that LPIPS's AlexNet trunk accepts (lpips 0.1.4); every cell logs LPIPS.
+MIN_IMAGE_SIZE = 31
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's UNet: widths 128, 256, 256, attention at the two deeper levels.
+    "reference": {
+        "channels": [128, 256, 256],
+        "attention_levels": [False, True, True],
+        "num_res_blocks": 1,
+        "num_head_channels": 256,
+        "norm_num_groups": 32,
+    },
+    # A CPU-sized UNet for demos and tests.
+    "tiny": {
+        "channels": [32, 64, 64],
+        "attention_levels": [False, False, True],
+        "num_res_blocks": 1,
+        "num_head_channels": 64,
+        "norm_num_groups": 32,
+    },
+}
+
+
+class SpecError(ValueError):
+    """An invalid sweep spec; the message is one line that names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+class RoboflowSource(_Section):
+    """Roboflow's multi-label classification export (train/, valid/, test/ with _classes.csv)."""
+
+    kind: Literal["roboflow-multilabel"]
+    path: str
+    name: str | None = None
+    splits: list[str] = Field(default_factory=lambda: ["train", "valid", "test"], min_length=1)
+    healthy_label: str = "normal"
+
+
+class FolderCsvSource(_Section):
+    """A folder of images plus a CSV with file, label and group columns."""
+
+    kind: Literal["folder-csv"]
+    path: str
+    name: str | None = None
+    csv: str = "labels.csv"
+    file_column: str = "file"
+    label_column: str = "label"
+    group_column: str | None = "group"
+    healthy_labels: list[str] = Field(default_factory=lambda: ["healthy", "normal", "0"], min_length=1)
+
+
+class SyntheticSource(_Section):
+    """Generated fetal-head phantoms, for the zero-set-up demo (clearly not real data)."""
+
+    kind: Literal["synthetic"]
+    name: str | None = None
+    healthy: int = Field(160, ge=1)
+    pathological: int = Field(40, ge=1)
+    size: int = Field(128, ge=32, le=1024)
+    seed: int = 0
+
+
+Source = Annotated[Union[RoboflowSource, FolderCsvSource, SyntheticSource], Field(discriminator="kind")]
+
+
+class LabelCounts(_Section):
+    healthy: int | None = Field(None, ge=1)
+    pathological: int | None = Field(None, ge=1)
+
+
+class SplitSpec(_Section):
+    """Group-level split: no source group falls in two splits."""
+
+    seed: int = 0
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    images_per_frame: int | None = Field(1, ge=1)
+    max_val: LabelCounts = Field(default_factory=LabelCounts)
+    max_test: LabelCounts = Field(default_factory=LabelCounts)
+    max_train: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_set(self) -> SplitSpec:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 to leave training groups, "
+                f"but got {self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class PreprocessingSpec(_Section):
+    percentile: float = Field(98.0, gt=50, le=100)
+
+
+class DataSpec(_Section):
+    root: str | None = None
+    sources: list[Source] = Field(min_length=1)
+    image_size: int = Field(128, ge=16, le=1024)
+    cache_dir: str | None = None
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+
+
+# --- model and training ----------------------------------------------------------------
+
+
+class SimplexSpec(_Section):
+    """AnoDDPM's simplex noise: octaves sampled at (x/f, y/f, t/f), f halving per octave."""
+
+    octaves: int = Field(6, ge=1, le=12)
+    persistence: float = Field(0.8, gt=0, le=1)
+    frequency: float = Field(64.0, gt=0)
+
+
+class ModelSpec(_Section):
+    preset: Literal["reference", "tiny"] = "reference"
+    channels: list[int] = Field(min_length=2, max_length=6)
+    attention_levels: list[bool]
+    num_res_blocks: int = Field(ge=1, le=4)
+    num_head_channels: int = Field(ge=1)
+    norm_num_groups: int = Field(ge=1)
+    T: int = Field(1000, ge=2, le=10000)
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    reference_T: int | None = Field(
+        None, ge=2, description="Chain whose noise levels a shorter chain of T steps reproduces."
+    )
+    simplex: SimplexSpec = Field(default_factory=SimplexSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "reference")
+        if preset not in MODEL_PRESETS:
+            return data  # the Literal check reports the bad preset
+        return {**MODEL_PRESETS[preset], **data}
+
+
+class AugmentationSpec(_Section):
+    rotation_degrees: float = Field(15.0, ge=0, le=180)
+    hflip: bool = True
+    vflip: bool = True
+
+
+class TrainingSpec(_Section):
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainingSpec:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(
+                f"set exactly one of epochs or steps, but got epochs={self.epochs}, steps={self.steps}"
+            )
+        return self
+
+
+# --- evaluation -----------------------------------------------------------------------
+
+
+class AutoDDPMSpec(_Section):
+    t_inpaint: int = Field(50, ge=1)
+    resample_steps: int = Field(5, ge=1)
+    mask_percentile: float = Field(95.0, gt=0, lt=100)
+    mask_threshold: float | None = Field(None, ge=0, description="Fixed threshold; default: per-image percentile.")
+    dilation_iterations: int = Field(1, ge=0)
+
+
+class EvaluationSpec(_Section):
+    methods: dict[Method, list[NoiseType]] = Field(
+        default_factory=lambda: {"anoddpm": ["gaussian", "simplex"], "autoddpm": ["gaussian"]}
+    )
+    t: list[int] = Field(default_factory=lambda: [50, 100, 150, 200, 250, 300], min_length=1)
+    anomaly_maps: list[AnomalyMap] = Field(default_factory=lambda: ["mae", "lpips", "mae_lpips"], min_length=1)
+    score_map: AnomalyMap = "mae_lpips"
+    splits: list[EvalSplit] = Field(default_factory=lambda: ["val", "test"], min_length=1)
+    batch_size: int = Field(32, ge=1)
+    autoddpm: AutoDDPMSpec = Field(default_factory=AutoDDPMSpec)
+    figure_examples: int = Field(3, ge=0, le=16)
+    lpips_weights: str | None = None
+    seed: int = 0
+
+
+# --- search, resources, tracking -------------------------------------------------------
+
+
+class ValuesParameter(_Section):
+    values: list[Any] = Field(min_length=1)
+
+
+class DistributionParameter(_Section):
+    distribution: Literal["uniform", "loguniform", "randint"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DistributionParameter:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, but got low={self.low}, high={self.high}")
+        if self.distribution == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, but got low={self.low}")
+        return self
+
+
+class SearchSpec(_Section):
+    sampling: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, ge=1)
+    seed: int = 0
+    parameters: dict[str, ValuesParameter | DistributionParameter] = Field(default_factory=dict)
+
+
+class ResourcesSpec(_Section):
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_fraction_packs(cls, gpus: float) -> float:
+        if 0 < gpus < 1 and not math.isclose(1 / gpus, round(1 / gpus), rel_tol=1e-6):
+            raise ValueError("expected 0, a fraction 1/k (0.5, 0.25, ...) so trials pack without over-subscribing GPU memory, or a whole number")
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError("expected a whole number of GPUs above 1")
+        return gpus
+
+
+class TrackingSpec(_Section):
+    uri: str | None = None
+    experiment: str | None = None
+    server_root: str | None = None
+
+
+class SweepSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    description: str = ""
+    storage: str | None = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=lambda: TrainingSpec(epochs=1000))
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @property
+    def noise_types(self) -> list[str]:
+        """Noise types that need a trained model, in a stable order."""
+        wanted = {noise for noises in self.evaluation.methods.values() for noise in noises}
+        return [noise for noise in ("gaussian", "simplex") if noise in wanted]
+
+    @property
+    def schedule_stride(self) -> int:
+        """Steps of the reference chain per model step (1 without respacing)."""
+        return (self.model.reference_T or self.model.T) // self.model.T
+
+
+# --- loading, overrides and error messages ---------------------------------------------
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """A safe YAML loader that also reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``)."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a spec file into a plain dict, with a one-line error for unreadable YAML."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {error.strerror}") from error
+    try:
+        raw = _load_yaml_text(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"spec file {str(path)!r} is not valid YAML{where}: fix the syntax and retry") from error
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {str(path)!r} must hold a mapping of sections, but got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``dotted.key=value``; the value is parsed as YAML (numbers, lists, booleans)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*", key):
+        raise SpecError(f"invalid --set {text!r}: expected dotted.key=value, for example training.lr=3e-4")
+    try:
+        return key, _load_yaml_text(value)
+    except yaml.YAMLError as error:
+        raise SpecError(f"invalid --set {text!r}: the value is not valid YAML") from error
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key`` (``a.b.c`` or ``a.list.0.c``) set to ``value``."""
+    result = copy.deepcopy(raw)
+    node: Any = result
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, ".".join(parts[: depth + 1]))]
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, (dict, list)):
+            raise SpecError(f"cannot set {key!r}: {'.'.join(parts[: depth + 1])!r} is a value, not a section")
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    else:
+        node[last] = value
+    return result
+
+
+def _list_index(node: list[Any], part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise SpecError(f"cannot set {key!r}: expected a list index below {len(node)}, but got {part!r}")
+    return int(part)
+
+
+def validate(raw: dict[str, Any]) -> SweepSpec:
+    """Validate a raw spec dict, raising :class:`SpecError` with a one-line message."""
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(_describe(error)) from None
+    check_consistency(spec)
+    return spec
+
+
+def check_consistency(spec: SweepSpec) -> None:
+    """Run the checks that span sections; each failure names the field and what is allowed."""
+    model, evaluation = spec.model, spec.evaluation
+
+    if model.beta_start >= model.beta_end:
+        raise SpecError(
+            f"spec field 'model.beta_start': got {model.beta_start}, expected a value below "
+            f"model.beta_end ({model.beta_end}) so that betas rise"
+        )
+    if model.reference_T is not None and (model.reference_T < model.T or model.reference_T % model.T):
+        raise SpecError(
+            f"spec field 'model.reference_T': got {model.reference_T}, expected a multiple of "
+            f"model.T ({model.T}) such as {model.T * 10}, or null for no respacing"
+        )
+    if len(model.attention_levels) != len(model.channels):
+        raise SpecError(
+            f"spec field 'model.attention_levels': got {len(model.attention_levels)} entries, "
+            f"expected one per level of model.channels ({len(model.channels)})"
+        )
+    for index, width in enumerate(model.channels):
+        if width % model.norm_num_groups:
+            raise SpecError(
+                f"spec field 'model.channels[{index}]': got {width}, expected a multiple of "
+                f"model.norm_num_groups ({model.norm_num_groups})"
+            )
+    if spec.data.image_size < MIN_IMAGE_SIZE:
+        raise SpecError(
+            f"spec field 'data.image_size': got {spec.data.image_size}, expected at least {MIN_IMAGE_SIZE} "
+            f"pixels, the smallest input that LPIPS's AlexNet trunk accepts"
+        )
+    downsampling = 2 ** (len(model.channels) - 1)
+    if spec.data.image_size % downsampling:
+        raise SpecError(
+            f"spec field 'data.image_size': got {spec.data.image_size}, expected a multiple of "
+            f"{downsampling} for a UNet with {len(model.channels)} levels"
+        )
+
+    for index, t in enumerate(evaluation.t):
+        if not 1 <= t <= model.T:
+            raise SpecError(
+                f"spec field 'evaluation.t[{index}]': got {t}, expected a noise level from 1 to "
+                f"model.T ({model.T})"
+            )
+    if len(set(evaluation.t)) != len(evaluation.t):
+        raise SpecError(f"spec field 'evaluation.t': got {evaluation.t}, expected distinct noise levels")
+    if not evaluation.methods:
+        raise SpecError("spec field 'evaluation.methods': the grid is empty; name at least one method")
+    for method, noises in evaluation.methods.items():
+        if not noises:
+            raise SpecError(
+                f"spec field 'evaluation.methods.{method}': got an empty list, expected noise types "
+                f"from 'gaussian', 'simplex'"
+            )
+    if "autoddpm" in evaluation.methods and evaluation.autoddpm.t_inpaint > model.T:
+        raise SpecError(
+            f"spec field 'evaluation.autoddpm.t_inpaint': got {evaluation.autoddpm.t_inpaint}, "
+            f"expected at most model.T ({model.T})"
+        )
+    if evaluation.score_map not in evaluation.anomaly_maps:
+        raise SpecError(
+            f"spec field 'evaluation.score_map': got {evaluation.score_map!r}, expected one of "
+            f"evaluation.anomaly_maps {evaluation.anomaly_maps}"
+        )
+
+
+# --- error formatting ---------------------------------------------------------------------
+
+_SOURCE_KINDS = {"roboflow-multilabel", "folder-csv", "synthetic"}
+_PARAMETER_TAGS = {"ValuesParameter", "DistributionParameter"}
+
+
+def _describe(error: ValidationError) -> str:
+    """Turn the first pydantic error into one line; say how many more there are."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    field = _format_loc(first["loc"])
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+
+    if first["type"] == "extra_forbidden":
+        return f"unknown spec field '{field}'{_suggestion(first['loc'])}{more}"
+    if first["type"] == "missing":
+        return f"missing spec field '{field}': add it to the spec{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "union_tag_invalid":
+        message = "expected kind 'roboflow-multilabel', 'folder-csv' or 'synthetic'"
+        return f"spec field '{field}.kind': got {first['input'].get('kind')!r}, {message}{more}"
+    value = first.get("input")
+    shown = f"got {value!r}, " if not isinstance(value, dict) else ""
+    return f"spec field '{field or '<top level>'}': {shown}{message[0].lower()}{message[1:]}{more}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if part in _SOURCE_KINDS or part in _PARAMETER_TAGS:
+            continue  # a union tag, not a field name
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    """Suggest the closest valid key for an unknown one, walking the spec's models along ``loc``."""
+    model: Any = SweepSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or part in _PARAMETER_TAGS:
+            continue
+        if part in _SOURCE_KINDS:
+            model = {"roboflow-multilabel": RoboflowSource, "folder-csv": FolderCsvSource, "synthetic": SyntheticSource}[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = _model_in(field.annotation)
+        if model is None:
+            return ""
+    valid = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+    if close:
+        return f": did you mean '{close[0]}'?"
+    return f": expected one of {', '.join(valid)}" if valid else ""
+
+
+def _model_in(annotation: Any) -> Any:
+    """Find the pydantic model inside an annotation such as ``list[Model]`` or ``Model | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,213 @@
+"""The Ray Tune trainable: one trial trains a DDPM per noise type and evaluates the grid.
+
+The driver prepares the data once and hands it to every trial through Ray's object
+store (``tune.with_parameters``), so a trial never reads raw images. Everything a
+trial produces is logged to MLflow over HTTP, under the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from pipelines.data.dataset import PreparedData
+from pipelines.data.records import write_manifest
+from pipelines.diffusion.training import EpochStats, train_ddpm
+from pipelines.diffusion.unet import count_parameters
+from pipelines.evaluation.grid import evaluate_cell, grid_cells, summarize_cell
+from pipelines.metrics.lpips import PerceptualDistance, resolve_lpips_weights
+from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figure
+from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_markdown
+from sweeper.search_space import apply_trial_config
+from trainables.builders import build_model, build_noise, build_schedule, derive_seed, grid_settings, training_settings
+from trainables.tracking import RunLogger, flatten, start_child_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares: where to log and under which parent run."""
+
+    sweep_name: str
+    tracking_uri: str
+    experiment_id: str
+    sweep_run_id: str
+
+
+def run_trial(config: dict[str, Any], *, base_spec: dict[str, Any], data: PreparedData, context: SweepContext) -> None:
+    """Train, evaluate and log one trial; ``config`` holds the values sampled for it."""
+    spec = apply_trial_config(base_spec, config)
+    trial = tune.get_context()
+    trial_id, trial_name = trial.get_trial_id(), trial.get_trial_name()
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    device = torch.device("cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu")
+
+    client = MlflowClient(context.tracking_uri)
+    run = start_child_run(
+        client,
+        context.experiment_id,
+        context.sweep_run_id,
+        run_name=trial_name,
+        tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial_id, "sweeper.level": "trial"},
+    )
+    logger.info("trial %s: logging to MLflow run %s", trial_id, run.run_id)
+    try:
+        _log_trial_inputs(run, spec, config, data)
+        models = {noise: _train(spec, noise, data, run, device, trial_id) for noise in spec.noise_types}
+        summaries = _evaluate(spec, models, data, client, context, run, device, trial_id)
+        final = _log_summary(run, spec, summaries)
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish("FINISHED")
+    tune.report(final)
+
+
+def _log_trial_inputs(run: RunLogger, spec: Any, config: dict[str, Any], data: PreparedData) -> None:
+    run.log_params(flatten(spec.model_dump(mode="json")))
+    run.set_tags({f"sweeper.search.{key}": value for key, value in config.items()})
+    run.log_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+    counts = data.counts()
+    run.log_metrics({f"data/{split}_{label}": n for split, labels in counts.items() for label, n in labels.items()})
+    with tempfile.TemporaryDirectory() as folder:
+        run.log_artifact(write_manifest(data.records, Path(folder) / "manifest.csv"))
+
+
+def _train(
+    spec: Any, noise_type: str, data: PreparedData, run: RunLogger, device: torch.device, trial_id: str
+) -> tuple[torch.nn.Module, Any]:
+    """Train the model of one noise type, logging the loss curve, and log its checkpoint."""
+    model = build_model(spec, noise_type).to(device)
+    schedule = build_schedule(spec, device)
+    # Arrays from Ray's object store are read-only, so the tensor gets its own copy.
+    images = torch.tensor(data.splits["train"].images, device=device)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(spec.training.seed, "train", noise_type))
+    settings = training_settings(spec)
+    total_steps = settings.total_steps(len(images))
+    logger.info(
+        "trial %s: training the %s model (%d parameters) for %d steps on %d images",
+        trial_id, noise_type, count_parameters(model), total_steps, len(images),
+    )
+
+    def on_epoch(stats: EpochStats) -> None:
+        run.log_metrics({f"train/loss_{noise_type}": stats.loss}, step=stats.epoch)
+        tune.report({"phase": f"train_{noise_type}", "epoch": stats.epoch, "step": stats.step, "loss": stats.loss})
+
+    history = train_ddpm(
+        model,
+        schedule,
+        images,
+        noise_type=noise_type,
+        noise=build_noise(spec, noise_type),
+        settings=settings,
+        generator=generator,
+        on_epoch=on_epoch,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"model-{noise_type}.pt"
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "noise_type": noise_type,
+                "model": spec.model.model_dump(mode="json"),
+                "image_size": data.image_size,
+                "epochs": history[-1].epoch,
+                "steps": history[-1].step,
+            },
+            path,
+        )
+        run.log_artifact(path, "checkpoints")
+    return model, schedule
+
+
+def _evaluate(
+    spec: Any,
+    models: dict[str, tuple[torch.nn.Module, Any]],
+    data: PreparedData,
+    client: MlflowClient,
+    context: SweepContext,
+    run: RunLogger,
+    device: torch.device,
+    trial_id: str,
+) -> list[CellSummary]:
+    """Evaluate every grid cell on every evaluation split, one MLflow run per cell."""
+    distance = PerceptualDistance(resolve_lpips_weights(spec.evaluation.lpips_weights)).to(device)
+    settings = grid_settings(spec)
+    stride = spec.schedule_stride
+    cells = grid_cells(spec.evaluation.methods, spec.evaluation.t)
+    summaries: list[CellSummary] = []
+    for number, cell in enumerate(cells, start=1):
+        model, schedule = models[cell.noise]
+        cell_run = start_child_run(
+            client,
+            context.experiment_id,
+            run.run_id,
+            run_name=cell.name,
+            tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial_id, "sweeper.level": "cell"},
+        )
+        try:
+            cell_run.log_params(
+                {"method": cell.method, "noise": cell.noise, "t": cell.t, "t_reference": cell.t * stride, "T": spec.model.T}
+            )
+            for split in spec.evaluation.splits:
+                outputs = evaluate_cell(
+                    cell,
+                    model,
+                    schedule,
+                    data.splits[split],
+                    split=split,
+                    noise=build_noise(spec, cell.noise),
+                    distance=distance,
+                    settings=settings,
+                    device=device,
+                )
+                metrics = summarize_cell(outputs)
+                cell_run.log_metrics({f"{split}/{key}": value for key, value in metrics.items()})
+                summaries.append(CellSummary(cell, split, metrics))
+                if split == "test" and spec.evaluation.figure_examples:
+                    figure = cell_examples_figure(outputs, per_label=spec.evaluation.figure_examples)
+                    cell_run.log_figure(figure, "examples.png")
+        except BaseException:
+            cell_run.finish("FAILED")
+            raise
+        cell_run.finish("FINISHED")
+        logger.info("trial %s: evaluated cell %d/%d %s", trial_id, number, len(cells), cell.name)
+        tune.report({"phase": "evaluate", "cells_done": number, "cells_total": len(cells)})
+    return summaries
+
+
+def _log_summary(run: RunLogger, spec: Any, summaries: list[CellSummary]) -> dict[str, Any]:
+    """Log the paper's tables and the AUPRC/AUROC-against-t plot; return the trial's final result."""
+    stride = spec.schedule_stride
+    for name, table in all_tables(summaries, stride=stride).items():
+        run.log_text(to_csv(table), f"tables/{name}.csv")
+        run.log_text(to_markdown(table), f"tables/{name}.md")
+    report_split = "test" if "test" in spec.evaluation.splits else spec.evaluation.splits[0]
+    run.log_figure(auc_against_t_figure(summaries, split=report_split, stride=stride), "auc_against_t.png")
+
+    rows = table1(summaries, stride=stride, report_on=report_split)
+    final: dict[str, Any] = {"phase": "done", "table1_markdown": to_markdown(rows)}
+    chosen = [s for s in summaries if s.split == report_split]
+    selection = {s.cell: s.metrics["auprc"] for s in summaries if s.split == "val"}
+    # The best cell is chosen on validation AUPRC only, never on the split it is reported on.
+    if chosen and selection and report_split != "val":
+        best = max(chosen, key=lambda s: (selection[s.cell], -s.cell.t))
+        final.update(
+            {
+                "best_cell": best.cell.name,
+                f"best_{report_split}_auprc": best.metrics["auprc"],
+                f"best_{report_split}_auroc": best.metrics["auroc"],
+            }
+        )
+        run.log_metrics({f"best/{report_split}_auprc": best.metrics["auprc"], f"best/{report_split}_auroc": best.metrics["auroc"]})
+        run.set_tags({"sweeper.best_cell": best.cell.name})
+    return final
