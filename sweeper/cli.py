@@ -55,8 +55,11 @@ def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, track
             raise click.ClickException(str(error)) from None
         raise
     _print_summary(summary)
-    if any(trial["state"] == "ERROR" for trial in summary["trials"]):
-        raise click.ClickException(f"{summary['errored']} trial(s) failed; see 'sweeper status {options.name or ''}'".rstrip())
+    name = Path(summary["storage"]).name
+    if summary["errored"]:
+        raise click.ClickException(f"{summary['errored']} trial(s) failed; see 'sweeper status {name}' and the trial logs")
+    if summary["incomplete"]:
+        raise click.ClickException(f"the sweep was interrupted with {summary['incomplete']} trial(s) unfinished")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -103,12 +106,17 @@ def status(name: str, storage: Path | None) -> None:
 cli.add_command(mlflow_group)
 
 
-# Nothing the CLI starts reports usage to outside hosts unless the user opts back in.
-_PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# Nothing the CLI starts reports usage to outside hosts unless the user opts back in, and
+# MLflow prints no "View run" link per run (the CLI prints the experiment's URL once).
+_ENVIRONMENT_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def main() -> None:
-    for name, value in _PRIVATE_DEFAULTS.items():
+    for name, value in _ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
     cli(prog_name="sweeper")
 

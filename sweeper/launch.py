@@ -131,7 +131,12 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
     status = "FAILED"
     try:
         summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id, address=options.address)
-        status = "FINISHED" if summary["errored"] == 0 else "FAILED"
+        if summary["errored"]:
+            status = "FAILED"
+        elif summary["incomplete"]:
+            status = "KILLED"
+        else:
+            status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise

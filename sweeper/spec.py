@@ -27,7 +27,7 @@ EvalSplit = Literal["val", "test"]
 MIN_IMAGE_SIZE = 31
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's UNet: widths 128, 256, 256, attention at the two deeper levels.
+    # The UNet of Mykula et al.: widths 128, 256, 256, attention at the two deeper levels.
     "reference": {
         "channels": [128, 256, 256],
         "attention_levels": [False, True, True],
@@ -451,7 +451,7 @@ _PARAMETER_TAGS = {"ValuesParameter", "DistributionParameter"}
 
 
 def _describe(error: ValidationError) -> str:
-    """Turn the first pydantic error into one line; say how many more there are."""
+    """Turn the first pydantic error into one line that also counts the remaining errors."""
     errors = error.errors(include_url=False)
     first = errors[0]
     field = _format_loc(first["loc"])
@@ -473,8 +473,8 @@ def _describe(error: ValidationError) -> str:
 def _format_loc(loc: tuple[Any, ...]) -> str:
     text = ""
     for part in loc:
-        if part in _SOURCE_KINDS or part in _PARAMETER_TAGS:
-            continue  # a union tag, not a field name
+        if part in _SOURCE_KINDS or part in _PARAMETER_TAGS or part == "[key]":
+            continue  # a union tag or pydantic's marker for a bad dict key, not a field name
         if isinstance(part, int):
             text += f"[{part}]"
         else:

@@ -37,7 +37,7 @@ class TrackingTarget:
 
 
 def open_tracking(uri: str | None, server_root: str | None, echo: Callable[[str], None] = print) -> TrackingTarget:
-    """Use ``uri`` if given (it must answer over HTTP), else start or reuse the local server."""
+    """Use ``uri`` if given (its /health must return 200), else start or reuse the local server."""
     if uri is None:
         root = Path(server_root).expanduser() if server_root else default_root()
         server, started = ensure_server(root)
@@ -50,7 +50,7 @@ def open_tracking(uri: str | None, server_root: str | None, echo: Callable[[str]
         )
     if not is_healthy(uri):
         raise SpecError(
-            f"tracking URI {uri!r} does not answer; start a server with 'sweeper mlflow serve' "
+            f"tracking URI {uri!r} does not respond; start a server with 'sweeper mlflow serve' "
             f"or fix --tracking-uri / tracking.uri"
         )
     return TrackingTarget(uri, MlflowClient(uri))

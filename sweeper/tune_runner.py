@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 WORKER_ENVIRONMENT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None, worker_environment: dict[str, str] | None = None) -> bool:
     """Start local Ray, or join the cluster at ``address``; return whether this call started it."""
     if ray.is_initialized():
         return False
-    runtime_env: dict[str, Any] = {"env_vars": dict(WORKER_ENVIRONMENT)}
+    runtime_env: dict[str, Any] = {"env_vars": {**WORKER_ENVIRONMENT, **(worker_environment or {})}}
     if address is None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
@@ -56,7 +56,9 @@ def run_tuner(
 ) -> dict[str, Any]:
     """Run every trial of the sweep and return a summary of their states and best results."""
     spec = launch.spec
-    started = connect_ray(address)
+    # numba's parallel loops (used by opensimplex) start one spinning thread per core unless
+    # NUMBA_NUM_THREADS is set, and those threads starve the trial's own PyTorch thread.
+    started = connect_ray(address, {"NUMBA_NUM_THREADS": str(max(1, int(spec.resources.cpus)))})
     try:
         context = SweepContext(
             sweep_name=spec.name, tracking_uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id
@@ -89,7 +91,7 @@ def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:
             {
                 "trial_id": metrics.get("trial_id", Path(result.path).name),
                 "config": result.config,
-                "state": "ERROR" if result.error else "TERMINATED",
+                "state": _trial_state(result, metrics),
                 "error": str(result.error).splitlines()[0] if result.error else "",
                 "best_cell": metrics.get("best_cell", ""),
                 "best_test_auprc": metrics.get("best_test_auprc"),
@@ -97,4 +99,15 @@ def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:
                 "table1_markdown": metrics.get("table1_markdown", ""),
             }
         )
-    return {"trials": trials, "errored": sum(1 for trial in trials if trial["state"] == "ERROR")}
+    return {
+        "trials": trials,
+        "errored": sum(1 for trial in trials if trial["state"] == "ERROR"),
+        "incomplete": sum(1 for trial in trials if trial["state"] == "INCOMPLETE"),
+    }
+
+
+def _trial_state(result: tune.Result, metrics: dict[str, Any]) -> str:
+    """Return ERROR, TERMINATED (the trial reported its final summary) or INCOMPLETE (it was stopped)."""
+    if result.error:
+        return "ERROR"
+    return "TERMINATED" if metrics.get("phase") == "done" else "INCOMPLETE"

@@ -1,1 +1,1 @@
-"""What runs inside one Ray Tune trial: training, grid evaluation and MLflow logging."""
+"""The code of one Ray Tune trial: training, grid evaluation and MLflow logging."""

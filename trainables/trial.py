@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SweepContext:
-    """What every trial of a sweep shares: where to log and under which parent run."""
+    """The tracking target every trial of a sweep shares: server, experiment and parent run."""
 
     sweep_name: str
     tracking_uri: str
@@ -44,7 +44,7 @@ class SweepContext:
 
 
 def run_trial(config: dict[str, Any], *, base_spec: dict[str, Any], data: PreparedData, context: SweepContext) -> None:
-    """Train, evaluate and log one trial; ``config`` holds the values sampled for it."""
+    """Train, evaluate and log one trial; ``config`` contains the values sampled for it."""
     spec = apply_trial_config(base_spec, config)
     trial = tune.get_context()
     trial_id, trial_name = trial.get_trial_id(), trial.get_trial_name()
@@ -186,7 +186,7 @@ def _evaluate(
 
 
 def _log_summary(run: RunLogger, spec: Any, summaries: list[CellSummary]) -> dict[str, Any]:
-    """Log the paper's tables and the AUPRC/AUROC-against-t plot; return the trial's final result."""
+    """Log Table 1, the appendix tables and the AUPRC/AUROC-against-t plot; return the final result."""
     stride = spec.schedule_stride
     for name, table in all_tables(summaries, stride=stride).items():
         run.log_text(to_csv(table), f"tables/{name}.csv")

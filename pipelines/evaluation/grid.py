@@ -42,7 +42,7 @@ class GridCell:
         return f"{self.method}-{self.noise}-t{self.t}"
 
     def label(self, stride: int = 1) -> str:
-        """Return a label in the paper's style, such as ``AnoDDPM-Gaussian(t=250)``."""
+        """Return a label in the style of Mykula et al.'s tables, such as ``AnoDDPM-Gaussian(t=250)``."""
         shown = f"{self.t}" if stride == 1 else f"{self.t}, ≙{self.t * stride}"
         return f"{METHOD_LABELS[self.method]}-{NOISE_LABELS[self.noise]}(t={shown})"
 

@@ -1,4 +1,4 @@
-"""Summary tables in the paper's layout: Table 1 and the appendix tables, as CSV and Markdown.
+"""Summary tables in the layout of Mykula et al.: Table 1 and the appendix tables, as CSV and Markdown.
 
 Table 1 lists, per method and noise type, the noise level t with the best
 validation AUPRC, and reports its test numbers: healthy SSIM and LPIPS, and the
@@ -39,7 +39,7 @@ def mean_std(metrics: dict[str, float], name: str) -> str:
 
 
 def percent(value: float | None) -> str:
-    """Format a fraction as a percentage with one decimal, as the paper prints AUPRC and AUROC."""
+    """Format a fraction as a percentage with one decimal, as Mykula et al. print AUPRC and AUROC."""
     if value is None or math.isnan(value):
         return "–"
     return f"{100 * value:.1f}"

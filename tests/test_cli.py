@@ -1,0 +1,84 @@
+"""The CLI rejects bad input with one-line errors before Ray starts."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sweeper.cli import cli
+from tests.conftest import DATA_ROOT, PROJECT_ROOT
+
+DEMO = str(PROJECT_ROOT / "configs" / "demo.yaml")
+FBAU = str(PROJECT_ROOT / "configs" / "fbau-cpu.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SWEEPER_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def launch(*arguments: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["launch", *arguments])
+    return result.exit_code, result.output
+
+
+CASES = [
+    ([DEMO, "--set", "evaluation.t=[5, 500]"], r"Error: spec field 'evaluation.t\[1\]': got 500, expected a noise level from 1 to model.T \(100\)"),
+    ([DEMO, "--set", "evaluation.methods={vae: [gaussian]}"], r"Error: spec field 'evaluation.methods.vae': got 'vae', input should be 'anoddpm' or 'autoddpm'"),
+    ([DEMO, "--set", "resources.gpus=0.4"], r"Error: spec field 'resources.gpus': got 0.4"),
+    ([DEMO, "--set", "training.lr=-1"], r"Error: spec field 'training.lr': got -1, input should be greater than 0"),
+    ([DEMO, "--set", "trainig.lr=1"], r"Error: unknown spec field 'trainig': did you mean 'training'\?"),
+    ([DEMO, "--set", "training.lr"], r"Error: invalid --set 'training.lr': expected dotted.key=value"),
+    ([FBAU, "--data-root", "/nonexistent-data-root"], r"Error: data root '/nonexistent-data-root' not found; pass an existing folder with --data-root"),
+    ([FBAU, "--data-root", str(PROJECT_ROOT)], r"Error: spec field 'data.sources\[0\].path': folder .*fetal-brain-abnormalities' not found; pass --data-root DIR"),
+    ([DEMO, "--tracking-uri", "sqlite:///mlflow.db"], r"Error: tracking URI 'sqlite:///mlflow.db' is not an HTTP URI"),
+    ([DEMO, "--storage", "/proc/sweeps"], r"Error: storage path '/proc/sweeps' is not writable"),
+    (["/nonexistent/spec.yaml"], r"Error: cannot read spec file '/nonexistent/spec.yaml'"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), CASES, ids=[" ".join(case[0][1:]) or case[0][0] for case in CASES])
+def test_bad_input_one_line_error(home: Path, arguments: list[str], message: str) -> None:
+    code, output = launch(*arguments)
+    assert code == 1, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert re.search(message, output), output
+
+
+def test_tracking_uri_not_responding(home: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    code, output = launch(DEMO, "--tracking-uri", uri, "--storage", str(home / "sweeps"))
+    assert code == 1
+    assert f"Error: tracking URI '{uri}' does not respond; start a server with 'sweeper mlflow serve'" in output
+
+
+def test_status_of_unknown_sweep(home: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "nothing-here", "--storage", str(home)])
+    assert result.exit_code == 1
+    assert "Error: no sweep 'nothing-here' in" in result.output
+
+
+def test_help_lists_commands() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("launch", "status", "mlflow"):
+        assert command in result.output
+
+
+def test_data_root_used_for_relative_paths(home: Path) -> None:
+    # The spec is valid and the data is found, so the launch gets as far as the tracking check.
+    uri = f"http://127.0.0.1:{free_port()}"
+    code, output = launch(FBAU, "--data-root", str(DATA_ROOT), "--tracking-uri", uri, "--storage", str(home / "s"))
+    assert code == 1
+    assert "does not respond" in output

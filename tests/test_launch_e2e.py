@@ -1,0 +1,177 @@
+"""End to end: `sweeper launch configs/fbau-cpu.yaml` on the real data, 2 trials, a real MLflow server.
+
+The sweep is shrunk with --set (one epoch, two noise levels, 32-pixel images) so it
+fits the test budget; everything else is the shipped spec. The results are then read
+back through MlflowClient and `sweeper status`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_server import ServerInfo, start_server, stop_server
+from tests.conftest import DATA_ROOT, PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+SWEEPER = str(Path(sys.executable).parent / "sweeper")
+SHRINK = [
+    "training.epochs=1",
+    "evaluation.t=[2, 4]",
+    "evaluation.autoddpm.t_inpaint=2",
+    "evaluation.autoddpm.resample_steps=1",
+    "evaluation.figure_examples=2",
+    "data.image_size=32",
+    "data.split.max_val.healthy=6",
+    "data.split.max_val.pathological=6",
+]
+
+
+def ray_process_count() -> int:
+    """Count Ray's cluster processes on this machine (GCS server and raylets)."""
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in listing.splitlines() if "gcs_server" in line or "/raylet" in line)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    root = tmp_path_factory.mktemp("mlflow")
+    info = start_server(root)
+    yield info
+    stop_server(root)
+
+
+@pytest.fixture(scope="module")
+def sweep(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("sweep")
+    ray_before = ray_process_count()
+    command = [
+        SWEEPER, "launch", str(PROJECT_ROOT / "configs" / "fbau-cpu.yaml"),
+        "--data-root", str(DATA_ROOT),
+        "--tracking-uri", server.uri,
+        "--storage", str(work / "sweeps"),
+        "--name", "e2e",
+        "--set", f"data.cache_dir={work / 'cache'}",
+    ]
+    for override in SHRINK:
+        command += ["--set", override]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=work)
+    return {
+        "completed": completed,
+        "storage": work / "sweeps",
+        "work": work,
+        "ray_before": ray_before,
+        "ray_after": ray_process_count(),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(sweep: dict, server: ServerInfo) -> dict:
+    assert sweep["completed"].returncode == 0, sweep["completed"].stdout[-3000:] + sweep["completed"].stderr[-3000:]
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None
+    everything = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_level: dict[str, list] = {"sweep": [], "trial": [], "cell": []}
+    for run in everything:
+        by_level[run.data.tags["sweeper.level"]].append(run)
+    return {"client": client, "experiment": experiment, **by_level}
+
+
+def test_launch_prints_url_and_table(sweep: dict, runs: dict, server: ServerInfo) -> None:
+    output = sweep["completed"].stdout
+    assert f"MLflow UI: {server.uri}/#/experiments/{runs['experiment'].experiment_id}" in output
+    assert "| Method | Healthy SSIM ↑ | Healthy LPIPS ↓ | Pathological AUPRC ↑ | Pathological AUROC ↑ |" in output
+    assert output.count("TERMINATED") >= 2
+
+
+def test_one_sweep_run_two_trial_runs(runs: dict) -> None:
+    assert len(runs["sweep"]) == 1
+    sweep_run = runs["sweep"][0]
+    assert len(runs["trial"]) == 2
+    for trial in runs["trial"]:
+        assert trial.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+        assert trial.info.status == "FINISHED"
+    assert sweep_run.info.status == "FINISHED"
+    assert {trial.data.params["training.lr"] for trial in runs["trial"]} == {"0.001", "0.0005"}
+
+
+def test_every_grid_cell_has_a_run(runs: dict) -> None:
+    trial_ids = {trial.info.run_id for trial in runs["trial"]}
+    per_trial = Counter(cell.data.tags["mlflow.parentRunId"] for cell in runs["cell"])
+    assert set(per_trial) == trial_ids
+    # anoddpm x {gaussian, simplex} + autoddpm x {gaussian}, at t = 2 and 4.
+    assert all(count == 6 for count in per_trial.values())
+    names = {(cell.data.params["method"], cell.data.params["noise"], cell.data.params["t"]) for cell in runs["cell"]}
+    assert names == {(m, n, t) for m, n in [("anoddpm", "gaussian"), ("anoddpm", "simplex"), ("autoddpm", "gaussian")] for t in ("2", "4")}
+    for cell in runs["cell"]:
+        metrics = cell.data.metrics
+        for split in ("val", "test"):
+            assert 0 <= metrics[f"{split}/auprc"] <= 1
+            assert 0 <= metrics[f"{split}/auroc"] <= 1
+        assert 0 <= metrics["test/ssim_healthy_mean"] <= 1
+        assert metrics["test/n_healthy"] == 12
+        assert metrics["test/n_pathological"] == 18
+        assert cell.data.params["t_reference"] == str(int(cell.data.params["t"]) * 10)
+        assert cell.info.status == "FINISHED"
+
+
+def test_trial_artifacts_and_loss_curve(runs: dict) -> None:
+    client = runs["client"]
+    trial = runs["trial"][0]
+    top = {item.path for item in client.list_artifacts(trial.info.run_id)}
+    assert {"spec.yaml", "manifest.csv", "checkpoints", "tables", "auc_against_t.png"} <= top
+    checkpoints = {item.path for item in client.list_artifacts(trial.info.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/model-gaussian.pt", "checkpoints/model-simplex.pt"}
+    tables = {item.path for item in client.list_artifacts(trial.info.run_id, "tables")}
+    assert {"tables/table1.csv", "tables/table1.md", "tables/appendix_detection.csv", "tables/appendix_reconstruction.md"} <= tables
+    history = client.get_metric_history(trial.info.run_id, "train/loss_gaussian")
+    assert len(history) == 1
+    cell = next(c for c in runs["cell"] if c.data.tags["mlflow.parentRunId"] == trial.info.run_id and c.data.params["method"] == "autoddpm")
+    assert {item.path for item in client.list_artifacts(cell.info.run_id)} == {"examples.png"}
+
+
+def test_artifacts_are_served_not_local(sweep: dict, runs: dict, server: ServerInfo) -> None:
+    trial = runs["trial"][0]
+    assert trial.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert not list(sweep["work"].rglob("mlruns"))
+    assert list((server.root / "artifacts").rglob("model-gaussian.pt"))
+
+
+def test_manifest_lists_splits(runs: dict, tmp_path: Path) -> None:
+    client = runs["client"]
+    path = client.download_artifacts(runs["trial"][0].info.run_id, "manifest.csv", str(tmp_path))
+    text = Path(path).read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "id,path,sha256,source,group,frame,label,finding,split,reason"
+    assert len(text.splitlines()) == 1 + 1127 + 140 + 139
+
+
+def test_status_lists_trials(sweep: dict, runs: dict) -> None:
+    completed = subprocess.run(
+        [SWEEPER, "status", "e2e", "--storage", str(sweep["storage"])], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Sweep e2e: 2 trials" in completed.stdout
+    assert completed.stdout.count("TERMINATED") == 2
+    assert "training.lr=0.001" in completed.stdout
+
+
+def test_no_ray_process_left(sweep: dict) -> None:
+    assert sweep["ray_after"] == sweep["ray_before"]
+
+
+def test_second_launch_same_name_refused(sweep: dict, server: ServerInfo) -> None:
+    completed = subprocess.run(
+        [SWEEPER, "launch", str(PROJECT_ROOT / "configs" / "fbau-cpu.yaml"), "--data-root", str(DATA_ROOT),
+         "--tracking-uri", server.uri, "--storage", str(sweep["storage"]), "--name", "e2e"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 1
+    assert "Error: sweep 'e2e' already exists" in completed.stderr
