@@ -1,7 +1,13 @@
-"""``sweeper status``: the trials of a sweep, their states and best results, read from Tune's storage."""
+"""``sweeper status``: the trials of a sweep, their states and best results, read from Tune's storage.
+
+Tune's own ``ExperimentAnalysis`` needs a running Ray instance. Reading the experiment
+state file that Tune saves in the sweep folder needs none, so the status of a sweep can
+be checked from any machine that sees the storage, while the sweep runs or after it ends.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,38 +15,38 @@ from sweeper.paths import default_storage
 
 
 class SweepNotFoundError(LookupError):
-    """No sweep of that name exists in the storage folder."""
+    """No readable sweep of that name exists in the storage folder."""
 
 
 def sweep_status(name: str, storage: Path | None = None) -> list[dict[str, Any]]:
     """Return one row per trial: id, state, sampled values, phase and best result."""
-    from ray.tune import ExperimentAnalysis
-
     folder = (storage or default_storage()).expanduser() / name
     if not folder.is_dir():
         raise SweepNotFoundError(
             f"no sweep {name!r} in {str(folder.parent)!r}; check the name, or pass the --storage the sweep was launched with"
         )
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        raise SweepNotFoundError(f"sweep {name!r} in {str(folder)!r} has no Tune state yet; it may not have started a trial")
     try:
-        analysis = ExperimentAnalysis(str(folder))
-    except Exception as error:  # Tune raises bare ValueError/TuneError types for unreadable state
+        trial_data = json.loads(states[-1].read_text(encoding="utf-8"))["trial_data"]
+        return [_row(json.loads(static), json.loads(runtime)) for static, runtime in trial_data]
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise SweepNotFoundError(
-            f"sweep {name!r} in {str(folder)!r} has no readable Tune state ({type(error).__name__}: {error}); "
-            f"it may not have started a trial yet"
+            f"Tune state file {str(states[-1])!r} is unreadable ({type(error).__name__}: {error}); "
+            f"it may have been cut short, so check the disk and the driver's log"
         ) from error
-    rows = []
-    for trial in analysis.trials:
-        last = trial.last_result or {}
-        rows.append(
-            {
-                "trial_id": trial.trial_id,
-                "state": trial.status,
-                "config": trial.config,
-                "phase": last.get("phase", ""),
-                "best_cell": last.get("best_cell", ""),
-                "best_test_auprc": last.get("best_test_auprc"),
-                "best_test_auroc": last.get("best_test_auroc"),
-                "error": (trial.error_file and Path(trial.error_file).name) or "",
-            }
-        )
-    return rows
+
+
+def _row(static: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    last = runtime.get("last_result") or {}
+    return {
+        "trial_id": static["trial_id"],
+        "state": static["status"],
+        "config": static.get("config") or {},
+        "phase": last.get("phase", ""),
+        "best_cell": last.get("best_cell", ""),
+        "best_test_auprc": last.get("best_test_auprc"),
+        "best_test_auroc": last.get("best_test_auroc"),
+        "error": runtime.get("error_filename") or "",
+    }
