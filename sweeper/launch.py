@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pipelines.data.dataset import PreparedData, prepare_dataset, resolve_source_path
 from pipelines.data.records import write_manifest
+from pipelines.metrics.lpips import load_lpips_weights, resolve_lpips_weights
 from sweeper.paths import default_cache_dir, default_storage
 from sweeper.search_space import check_search_space, count_trials, param_space
 from sweeper.spec import SpecError, SweepSpec, load_yaml, parse_override, set_dotted, validate
@@ -46,13 +48,15 @@ class LaunchOptions:
 
 @dataclass
 class PreparedLaunch:
-    """A validated sweep, ready for Ray: spec, raw spec for the trials, and resolved paths."""
+    """A validated sweep, ready for Ray: spec, raw spec for the trials, resolved paths and LPIPS weights."""
 
     raw: dict[str, Any]
     spec: SweepSpec
     data_root: Path
     storage: Path
     cache_dir: Path
+    lpips_weights: Path
+    lpips_state: dict[str, torch.Tensor]
 
 
 def load_spec(options: LaunchOptions) -> tuple[dict[str, Any], SweepSpec]:
@@ -90,7 +94,19 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
             f"sweep {spec.name!r} already exists in {str(storage)!r}; launch it under another --name, "
             f"or remove {str(storage / spec.name)!r} to start over"
         )
-    return PreparedLaunch(raw=raw, spec=spec, data_root=data_root, storage=storage, cache_dir=cache_dir)
+    # The driver reads and checks the LPIPS weights once and ships them to the trials, so
+    # worker nodes need no copy of the file.
+    lpips_weights = _lpips_weights_path(options, spec)
+    lpips_state = load_lpips_weights(lpips_weights)
+    return PreparedLaunch(
+        raw=raw,
+        spec=spec,
+        data_root=data_root,
+        storage=storage,
+        cache_dir=cache_dir,
+        lpips_weights=lpips_weights,
+        lpips_state=lpips_state,
+    )
 
 
 def prepare_data(launch: PreparedLaunch) -> PreparedData:
@@ -159,8 +175,10 @@ def _start_sweep_run(tracking: TrackingTarget, launch: PreparedLaunch, data: Pre
         tags={"sweeper.level": "sweep", "sweeper.sweep": spec.name, "sweeper.data_root": str(launch.data_root)},
     )
     sweep = RunLogger(tracking.client, run.info.run_id)
-    sweep.log_params({key: value for key, value in flatten(spec.model_dump(mode="json")).items()})
-    sweep.log_params({"sweep.trials": count_trials(spec), "data.cache_key": data.cache_key})
+    sweep.log_params(flatten(spec.model_dump(mode="json")))
+    sweep.log_params(
+        {"sweep.trials": count_trials(spec), "data.cache_key": data.cache_key, "lpips.weights": str(launch.lpips_weights)}
+    )
     sweep.log_text(yaml.safe_dump(launch.raw, sort_keys=False), "spec.yaml")
     with tempfile.TemporaryDirectory() as folder:
         manifest = write_manifest(data.records, Path(folder) / "manifest.csv")
@@ -168,6 +186,17 @@ def _start_sweep_run(tracking: TrackingTarget, launch: PreparedLaunch, data: Pre
         (launch.storage / spec.name).mkdir(parents=True, exist_ok=True)
         write_manifest(data.records, launch.storage / spec.name / "manifest.csv")
     return experiment_id, run.info.run_id
+
+
+def _lpips_weights_path(options: LaunchOptions, spec: SweepSpec) -> Path:
+    """Resolve evaluation.lpips_weights (relative to the spec file) or $SWEEPER_LPIPS_WEIGHTS."""
+    configured = spec.evaluation.lpips_weights
+    if configured is None:
+        return resolve_lpips_weights(None).resolve()
+    path = Path(configured).expanduser()
+    if not path.is_absolute():
+        path = options.spec_path.parent / path
+    return resolve_lpips_weights(path).resolve()
 
 
 def _data_root(options: LaunchOptions, spec: SweepSpec) -> Path:

@@ -25,6 +25,11 @@ def check_search_space(raw: dict[str, Any], spec: SweepSpec) -> None:
                 f"spec field 'search.parameters.{key}': {key.split('.')[0]!r} is sweep-wide and cannot vary "
                 f"between trials; search over model, training, data or evaluation settings"
             )
+        if key == "evaluation.lpips_weights":
+            raise SpecError(
+                "spec field 'search.parameters.evaluation.lpips_weights': the LPIPS weights are read once "
+                "per sweep and cannot vary between trials"
+            )
         for candidate in _candidates(parameter):
             try:
                 validate(set_dotted(raw, key, candidate))

@@ -63,7 +63,9 @@ def run_tuner(
         context = SweepContext(
             sweep_name=spec.name, tracking_uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id
         )
-        trainable = tune.with_parameters(run_trial, base_spec=launch.raw, data=data, context=context)
+        trainable = tune.with_parameters(
+            run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
+        )
         trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
         tuner = tune.Tuner(
             trainable,

@@ -82,3 +82,18 @@ def test_data_root_used_for_relative_paths(home: Path) -> None:
     code, output = launch(FBAU, "--data-root", str(DATA_ROOT), "--tracking-uri", uri, "--storage", str(home / "s"))
     assert code == 1
     assert "does not respond" in output
+
+
+def test_missing_lpips_weights_named(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEPER_LPIPS_WEIGHTS", str(home / "absent.ckpt"))
+    code, output = launch(DEMO, "--storage", str(home / "sweeps"))
+    assert code == 1
+    assert len(output.strip().splitlines()) == 1, output
+    assert "absent.ckpt" in output
+    assert "SWEEPER_LPIPS_WEIGHTS" in output
+
+
+def test_lpips_weights_not_searchable(home: Path) -> None:
+    code, output = launch(DEMO, "--set", "search.parameters={evaluation.lpips_weights: {values: [a, b]}}")
+    assert code == 1
+    assert "the LPIPS weights are read once per sweep and cannot vary between trials" in output

