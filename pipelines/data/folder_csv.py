@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from pipelines.data.naming import source_frame, source_group
-from pipelines.data.records import HEALTHY, PATHOLOGICAL, ImageRecord, file_sha256, is_inside
+from pipelines.data.records import HEALTHY, PATHOLOGICAL, ImageRecord, hash_source_file, manifest_path
 from pipelines.data.roboflow import DataSourceError
 
 
@@ -49,11 +49,10 @@ def load_folder_csv(
             continue
         label = (row.get(label_column) or "").strip()
         path = folder / filename
-        shown_path = path.relative_to(relative_to) if relative_to and path.is_relative_to(relative_to) else path
         group = (row.get(group_column) or "").strip() if group_column else ""
         record = ImageRecord(
             id=f"{name}/{filename}",
-            path=str(shown_path),
+            path=manifest_path(path, relative_to),
             source=name,
             group=group or source_group(Path(filename).name),
             frame=source_frame(Path(filename).name),
@@ -63,11 +62,6 @@ def load_folder_csv(
         if not label:
             record.label = ""
             record.drop("no label")
-        if not is_inside(folder, path):
-            record.drop("outside the source folder")
-        elif not path.is_file():
-            record.drop("missing file")
-        else:
-            record.sha256 = file_sha256(path)
+        hash_source_file(record, folder, path)
         records.append(record)
     return records

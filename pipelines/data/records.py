@@ -59,6 +59,23 @@ def is_inside(folder: Path, path: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def hash_source_file(record: ImageRecord, folder: Path, path: Path) -> None:
+    """Store the SHA-256 of the record's file, or drop it if the file is missing or outside ``folder``."""
+    if not is_inside(folder, path):
+        record.drop("outside the source folder")
+    elif not path.is_file():
+        record.drop("missing file")
+    else:
+        record.sha256 = file_sha256(path)
+
+
+def manifest_path(path: Path, relative_to: Path | None) -> str:
+    """Return ``path`` relative to the data root when it lies inside it, so manifests stay portable."""
+    if relative_to is not None and path.is_relative_to(relative_to):
+        return str(path.relative_to(relative_to))
+    return str(path)
+
+
 def drop_duplicates(records: list[ImageRecord]) -> int:
     """Drop every record whose file bytes equal an earlier record's; return how many were dropped."""
     first_by_hash: dict[str, str] = {}

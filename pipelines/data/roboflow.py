@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from pipelines.data.naming import source_frame, source_group
-from pipelines.data.records import HEALTHY, PATHOLOGICAL, ImageRecord, file_sha256, is_inside
+from pipelines.data.records import HEALTHY, PATHOLOGICAL, ImageRecord, hash_source_file, manifest_path
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ def _read_split(
         filename = row[0].strip()
         values = [value.strip() for value in row[1:]]
         path = classes_path.parent / filename
-        shown_path = path.relative_to(relative_to) if relative_to and path.is_relative_to(relative_to) else path
         record = ImageRecord(
             id=f"{name}/{split}/{filename}",
-            path=str(shown_path),
+            path=manifest_path(path, relative_to),
             source=name,
             group=source_group(filename),
             frame=source_frame(filename),
@@ -98,11 +97,6 @@ def _read_split(
                 record.label = HEALTHY
             else:
                 record.drop("no label")
-        if not is_inside(classes_path.parent, path):
-            record.drop("outside the source folder")
-        elif not path.is_file():
-            record.drop("missing file")
-        else:
-            record.sha256 = file_sha256(path)
+        hash_source_file(record, classes_path.parent, path)
         records.append(record)
     return records
