@@ -1,0 +1,1 @@
+"""Curation of fetal ultrasound images: head segmentation, head circumference and gestational age."""
