@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.curation.gestational_age import parse_gestational_age
+from pipelines.curation.labels import SONONET_LABELS
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 Method = Literal["anoddpm", "autoddpm"]
 NoiseType = Literal["gaussian", "simplex"]
@@ -51,10 +54,33 @@ class SpecError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """Reject ``true``/``false`` given for a number, which pydantic would read as 1 or 0."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is not None and isinstance(value, bool) and _is_number_type(field.annotation):
+                    raise ValueError(f"{name} must be a number, but got {str(value).lower()}")
+        return data
+
+
+def _is_number_type(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    arguments = getattr(annotation, "__args__", ())
+    return bool(arguments) and bool not in arguments and all(argument in (int, float, type(None)) for argument in arguments)
 
 
 # --- data -------------------------------------------------------------------------------
+
+
+# Where a source's images may go: shared out by group, training only, or val and test only.
+Role = Literal["split", "train", "eval"]
+Label = Literal["healthy", "pathological"]
 
 
 class RoboflowSource(_Section):
@@ -63,6 +89,7 @@ class RoboflowSource(_Section):
     kind: Literal["roboflow-multilabel"]
     path: str
     name: str | None = None
+    role: Role = "split"
     splits: list[str] = Field(default_factory=lambda: ["train", "valid", "test"], min_length=1)
     healthy_label: str = "normal"
 
@@ -73,11 +100,25 @@ class FolderCsvSource(_Section):
     kind: Literal["folder-csv"]
     path: str
     name: str | None = None
+    role: Role = "split"
     csv: str = "labels.csv"
     file_column: str = "file"
     label_column: str = "label"
     group_column: str | None = "group"
     healthy_labels: list[str] = Field(default_factory=lambda: ["healthy", "normal", "0"], min_length=1)
+    ga_column: str | None = None
+    ga_unit: Literal["weeks", "days"] = "weeks"
+    pixel_spacing_column: str | None = None
+    dicom_frame: int = Field(0, ge=0, description="Frame of a DICOM cine loop to use (0 = the first).")
+
+
+class HC18Source(_Section):
+    """The HC18 challenge training set; gestational age comes from its head circumference."""
+
+    kind: Literal["hc18"]
+    path: str
+    name: str | None = None
+    role: Role = "train"
 
 
 class SyntheticSource(_Section):
@@ -85,13 +126,14 @@ class SyntheticSource(_Section):
 
     kind: Literal["synthetic"]
     name: str | None = None
+    role: Role = "split"
     healthy: int = Field(160, ge=1)
     pathological: int = Field(40, ge=1)
     size: int = Field(128, ge=32, le=1024)
     seed: int = 0
 
 
-Source = Annotated[Union[RoboflowSource, FolderCsvSource, SyntheticSource], Field(discriminator="kind")]
+Source = Annotated[Union[RoboflowSource, FolderCsvSource, HC18Source, SyntheticSource], Field(discriminator="kind")]
 
 
 class LabelCounts(_Section):
@@ -124,6 +166,76 @@ class PreprocessingSpec(_Section):
     percentile: float = Field(98.0, gt=50, le=100)
 
 
+class GestationalAgeSpec(_Section):
+    """Keep images whose gestational age lies in the window; ``missing`` decides for images without one."""
+
+    enabled: bool = True
+    window: tuple[str | float, str | float] = ("19+0", "22+6")
+    missing: Literal["keep", "drop"] = "keep"
+    apply_to: list[Label] = Field(default_factory=lambda: ["healthy", "pathological"])
+
+    @field_validator("window")
+    @classmethod
+    def _window_in_weeks(cls, window: tuple[str | float, str | float]) -> tuple[str | float, str | float]:
+        low, high = (parse_gestational_age(value) for value in window)
+        if low is None or high is None or not low < high:
+            raise ValueError(f"expected [low, high] gestational ages such as ['19+0', '22+6'] with low < high")
+        return window
+
+    def window_weeks(self) -> tuple[float, float]:
+        low, high = (parse_gestational_age(value) for value in self.window)
+        return low, high
+
+
+class PlaneSpec(_Section):
+    """SonoNet standard-plane filter: keep images whose top label is in ``labels`` with enough confidence."""
+
+    enabled: bool = False
+    weights: str | None = None
+    variant: Literal[16, 32, 64] = 32
+    labels: list[str] = Field(default_factory=lambda: ["Brain (Tv.)"], min_length=1)
+    min_confidence: float = Field(0.9, gt=0, le=1)
+    crop: Literal["none", "auto"] | tuple[int, int, int, int] = "auto"
+    apply_to: list[Label] = Field(default_factory=lambda: ["healthy", "pathological"])
+
+    @field_validator("labels")
+    @classmethod
+    def _known_labels(cls, labels: list[str]) -> list[str]:
+        unknown = [label for label in labels if label not in SONONET_LABELS]
+        if unknown:
+            raise ValueError(f"unknown SonoNet label {unknown[0]!r}; expected some of {', '.join(SONONET_LABELS)}")
+        return labels
+
+    @field_validator("crop")
+    @classmethod
+    def _ordered_box(cls, crop: Any) -> Any:
+        if isinstance(crop, tuple) and not (0 <= crop[0] < crop[1] and 0 <= crop[2] < crop[3]):
+            raise ValueError("expected a box [row0, row1, col0, col1] with row0 < row1 and col0 < col1")
+        return crop
+
+
+class SegmentationSpec(_Section):
+    """Head segmentation with Monte Carlo dropout, its uncertainty gate, and the crop margin."""
+
+    enabled: bool = False
+    weights: str | None = None
+    mc_samples: int = Field(8, ge=2, le=64)
+    max_uncertainty: float = Field(0.15, ge=0, le=1)
+    drop_border: bool = True
+    margin: float = Field(0.1, ge=0, le=1)
+    apply_to: list[Label] = Field(default_factory=lambda: ["healthy", "pathological"])
+
+
+class CurationSpec(_Section):
+    """The curation stages run before the split; each can be switched off."""
+
+    gestational_age: GestationalAgeSpec = Field(default_factory=GestationalAgeSpec)
+    plane: PlaneSpec = Field(default_factory=PlaneSpec)
+    segmentation: SegmentationSpec = Field(default_factory=SegmentationSpec)
+    exclude_list: str | None = None
+    min_side: int = Field(64, ge=16)
+
+
 class DataSpec(_Section):
     root: str | None = None
     sources: list[Source] = Field(min_length=1)
@@ -131,6 +243,7 @@ class DataSpec(_Section):
     cache_dir: str | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    curation: CurationSpec = Field(default_factory=CurationSpec)
 
 
 # --- model and training ----------------------------------------------------------------
@@ -146,7 +259,7 @@ class SimplexSpec(_Section):
 
 class ModelSpec(_Section):
     preset: Literal["reference", "tiny"] = "reference"
-    channels: list[int] = Field(min_length=2, max_length=6)
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(min_length=2, max_length=6)
     attention_levels: list[bool]
     num_res_blocks: int = Field(ge=1, le=4)
     num_head_channels: int = Field(ge=1)
@@ -241,11 +354,30 @@ class DistributionParameter(_Section):
         return self
 
 
+def _parameter_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "values" in value:
+            return "values-parameter"
+        if "distribution" in value:
+            return "distribution-parameter"
+    return None
+
+
+SearchParameter = Annotated[
+    Union[Annotated[ValuesParameter, Tag("values-parameter")], Annotated[DistributionParameter, Tag("distribution-parameter")]],
+    Discriminator(
+        _parameter_kind,
+        custom_error_type="invalid_search_parameter",
+        custom_error_message="expected a mapping with 'values: [...]' or 'distribution: uniform|loguniform|randint' with low and high",
+    ),
+]
+
+
 class SearchSpec(_Section):
     sampling: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, ge=1)
+    num_samples: int = Field(1, ge=1, le=10000)
     seed: int = 0
-    parameters: dict[str, ValuesParameter | DistributionParameter] = Field(default_factory=dict)
+    parameters: dict[str, SearchParameter] = Field(default_factory=dict)
 
 
 class ResourcesSpec(_Section):
@@ -404,6 +536,11 @@ def check_consistency(spec: SweepSpec) -> None:
                 f"spec field 'model.channels[{index}]': got {width}, expected a multiple of "
                 f"model.norm_num_groups ({model.norm_num_groups})"
             )
+        if model.attention_levels[index] and width % model.num_head_channels:
+            raise SpecError(
+                f"spec field 'model.num_head_channels': got {model.num_head_channels}, expected a divisor of "
+                f"model.channels[{index}] ({width}), a level with attention"
+            )
     if spec.data.image_size < MIN_IMAGE_SIZE:
         raise SpecError(
             f"spec field 'data.image_size': got {spec.data.image_size}, expected at least {MIN_IMAGE_SIZE} "
@@ -446,8 +583,8 @@ def check_consistency(spec: SweepSpec) -> None:
 
 # --- error formatting ---------------------------------------------------------------------
 
-_SOURCE_KINDS = {"roboflow-multilabel", "folder-csv", "synthetic"}
-_PARAMETER_TAGS = {"ValuesParameter", "DistributionParameter"}
+_SOURCE_KINDS = {"roboflow-multilabel", "folder-csv", "hc18", "synthetic"}
+_PARAMETER_TAGS = {"values-parameter", "distribution-parameter"}
 
 
 def _describe(error: ValidationError) -> str:
@@ -462,9 +599,11 @@ def _describe(error: ValidationError) -> str:
     if first["type"] == "missing":
         return f"missing spec field '{field}': add it to the spec{more}"
     message = first["msg"].removeprefix("Value error, ")
+    kinds = ", ".join(repr(kind) for kind in sorted(_SOURCE_KINDS))
     if first["type"] == "union_tag_invalid":
-        message = "expected kind 'roboflow-multilabel', 'folder-csv' or 'synthetic'"
-        return f"spec field '{field}.kind': got {first['input'].get('kind')!r}, {message}{more}"
+        return f"spec field '{field}.kind': got {first['input'].get('kind')!r}, expected one of {kinds}{more}"
+    if first["type"] == "union_tag_not_found":
+        return f"missing spec field '{field}.kind': each data source needs a kind, one of {kinds}{more}"
     value = first.get("input")
     shown = f"got {value!r}, " if not isinstance(value, dict) else ""
     return f"spec field '{field or '<top level>'}': {shown}{message[0].lower()}{message[1:]}{more}"
@@ -489,7 +628,12 @@ def _suggestion(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int) or part in _PARAMETER_TAGS:
             continue
         if part in _SOURCE_KINDS:
-            model = {"roboflow-multilabel": RoboflowSource, "folder-csv": FolderCsvSource, "synthetic": SyntheticSource}[part]
+            model = {
+                "roboflow-multilabel": RoboflowSource,
+                "folder-csv": FolderCsvSource,
+                "hc18": HC18Source,
+                "synthetic": SyntheticSource,
+            }[part]
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -72,7 +72,7 @@ BAD_VALUES = [
     ("evaluation.score_map", "ssim", r"'evaluation.score_map': got 'ssim'"),
     ("data.split.val_fraction", 0.85, r"val_fraction \+ test_fraction must be below 1"),
     ("data.sources", [], r"'data.sources': got \[\], list should have at least 1 item"),
-    ("data.sources", [{"kind": "dicom-folder", "path": "x"}], r"'data.sources\[0\].kind': got 'dicom-folder', expected kind"),
+    ("data.sources", [{"kind": "dicom-folder", "path": "x"}], r"'data.sources\[0\].kind': got 'dicom-folder', expected one of 'folder-csv'"),
     ("name", "bad name!", r"'name': got 'bad name!'"),
     ("model.preset", "huge", r"'model.preset': got 'huge'"),
 ]
@@ -137,14 +137,14 @@ def test_set_dotted_indexes_lists() -> None:
 def test_search_candidate_validated() -> None:
     raw = set_dotted(minimal_spec(), "search.parameters", {"evaluation.t": {"values": [[5], [500]]}})
     spec = validate(raw)
-    with pytest.raises(SpecError, match=r"search parameter 'evaluation.t' = \[500\] makes an invalid spec: .*expected a noise level"):
+    with pytest.raises(SpecError, match=r"the search space can give a trial with evaluation.t=\[500\], which makes an invalid spec: .*expected a noise level"):
         check_search_space(raw, spec)
 
 
 def test_search_distribution_ends_validated() -> None:
     raw = set_dotted(minimal_spec(), "search.parameters", {"training.lr": {"distribution": "uniform", "low": -1, "high": 1}})
     spec = validate(raw)
-    with pytest.raises(SpecError, match=r"search parameter 'training.lr' = -1.0 makes an invalid spec"):
+    with pytest.raises(SpecError, match=r"the search space can give a trial with training.lr=-1.0, which makes an invalid spec"):
         check_search_space(raw, spec)
 
 
@@ -178,3 +178,57 @@ def test_spec_round_trips_through_yaml() -> None:
     spec = validate(minimal_spec())
     again = validate(yaml.safe_load(yaml.safe_dump(spec.model_dump(mode="json"))))
     assert again == spec
+
+
+def search(raw: dict, parameters: dict) -> dict:
+    return set_dotted(raw, "search.parameters", parameters)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"data.image_size": {"values": [32, 64]}}, r"the data is prepared once per sweep and cannot vary between trials"),
+        ({"model.T": {"values": [10, 100]}, "evaluation.t": {"values": [[5], [50]]}}, r"trial with model.T=10, evaluation.t=\[50\]"),
+        ({"training.batch_size": {"distribution": "uniform", "low": 8, "high": 32}}, r"training.batch_size=.*input should be a valid integer"),
+        ({"model.T": {"distribution": "randint", "low": 20, "high": 60}}, r"model.T=21, which makes an invalid spec: spec field 'model.reference_T': got 1000, expected a multiple of model.T \(21\)"),
+    ],
+    ids=["data-section", "T-and-t-combination", "uniform-on-integer", "randint-non-divisor"],
+)
+def test_search_space_checks_combinations(parameters: dict, message: str) -> None:
+    raw = search(set_dotted(minimal_spec(), "evaluation.autoddpm.t_inpaint", 2), parameters)
+    spec = validate(raw)
+    with pytest.raises(SpecError, match=message):
+        check_search_space(raw, spec)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "message"),
+    [
+        ({"distribution": "loguniform", "low": 0, "high": 1}, r"loguniform needs low > 0, but got low=0"),
+        ({"distribution": "uniform", "low": 2, "high": 1}, r"low must be below high, but got low=2.0, high=1.0"),
+        ({"distribution": "normal", "low": 0, "high": 1}, r"distribution': got 'normal'"),
+        ({"valuse": [1, 2]}, r"expected a mapping with 'values: \[...\]' or 'distribution"),
+    ],
+    ids=["loguniform-zero", "reversed", "unknown-distribution", "misspelt-values"],
+)
+def test_search_parameter_errors_are_precise(parameter: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        validate(search(minimal_spec(), {"training.lr": parameter}))
+
+
+def test_head_channels_must_divide_attention_width() -> None:
+    raw = set_dotted(minimal_spec(), "model.num_head_channels", 48)
+    with pytest.raises(SpecError, match=r"'model.num_head_channels': got 48, expected a divisor of model.channels\[2\] \(64\)"):
+        validate(raw)
+
+
+@pytest.mark.parametrize(("key", "value"), [("training.lr", True), ("training.weight_decay", float("inf")), ("resources.cpus", float("nan"))])
+def test_non_numbers_rejected(key: str, value: object) -> None:
+    with pytest.raises(SpecError, match=rf"spec field '{key.split('.')[0]}|{key}"):
+        validate(set_dotted(minimal_spec(), key, value))
+
+
+def test_source_without_kind_lists_kinds() -> None:
+    raw = set_dotted(minimal_spec(), "data.sources", [{"path": "x"}])
+    with pytest.raises(SpecError, match=r"missing spec field 'data.sources\[0\].kind': each data source needs a kind, one of 'folder-csv'"):
+        validate(raw)
