@@ -78,17 +78,20 @@ def start_server(
     host: str = DEFAULT_HOST,
     port: int | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    log_exposure: bool = True,
 ) -> ServerInfo:
     """Start ``mlflow server`` for ``root`` and wait until its ``/health`` returns 200.
 
     ``port=None`` picks a free port on ``host``. Raises ServerError when a server for
     ``root`` is already running, when the port is taken, or when the server exits or
-    does not become healthy within ``timeout_s`` seconds (it is then stopped).
+    does not become healthy within ``timeout_s`` seconds (it is then stopped). A host
+    that is not loopback is logged as a warning unless ``log_exposure`` is False, for
+    callers that show the warning themselves.
     """
     root = resolve_root(root)
     _check_start_arguments(host, port, timeout_s)
     with root_lock(root):
-        return _start_locked(root, host=host, port=port, timeout_s=timeout_s)
+        return _start_locked(root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure)
 
 
 def find_running(root: Path | str) -> ServerInfo | None:
@@ -131,6 +134,7 @@ def ensure_server(
     host: str = DEFAULT_HOST,
     port: int | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    log_exposure: bool = True,
 ) -> tuple[ServerInfo, bool]:
     """Reuse the healthy server running for ``root``, or start one.
 
@@ -142,7 +146,7 @@ def ensure_server(
     with root_lock(root):
         running = find_running(root)
         if running is None:
-            return _start_locked(root, host=host, port=port, timeout_s=timeout_s), True
+            return _start_locked(root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure), True
 
         requested_port_differs = port is not None and port != running.port
         if host != running.host or requested_port_differs:
@@ -201,7 +205,7 @@ def wait_for_exit(info: ServerInfo, *, poll_interval_s: float = 1.0) -> None:
         time.sleep(poll_interval_s)
 
 
-def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float) -> ServerInfo:
+def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float, log_exposure: bool = True) -> ServerInfo:
     """Start a server for ``root``, assuming the caller holds ``root_lock(root)``."""
     recorded = read_state(root)
     if recorded is not None and is_alive(recorded.pid) and is_server_process(recorded.pid):
@@ -212,7 +216,7 @@ def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float) 
         )
 
     warning = network_exposure_warning(host)
-    if warning is not None:
+    if warning is not None and log_exposure:
         logger.warning(warning)
 
     if port is None:

@@ -1,4 +1,4 @@
-"""The ``sweeper`` command line: launch sweeps, check their status, run the MLflow server."""
+"""The ``sweeper`` command line: launch sweeps, check their status, curate data, run the MLflow server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
+from sweeper.data_commands import data_group
+from sweeper.errors import user_errors
 from sweeper.mlflow_commands import mlflow_group
+from sweeper.weights_commands import weights_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,28 +35,16 @@ def cli(verbose: int) -> None:
 def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, tracking_uri: str | None, storage: Path | None, address: str | None, name: str | None) -> None:
     """Launch the sweep described by the YAML file SPEC.
 
-    The spec, its search space, the data sources, the storage path and the tracking
-    server are all checked before Ray starts. Each trial trains one DDPM per noise
-    type on healthy images and evaluates the method x noise x t grid; every
-    parameter, metric and artifact goes to MLflow.
+    The spec, its search space, the data sources, the storage path, the model weights
+    and the tracking server are all checked before Ray starts. Each trial trains one
+    DDPM per noise type on healthy images and evaluates the method x noise x t grid.
+    Every parameter, metric and artifact goes to MLflow.
     """
-    from sweeper.launch import LaunchError, LaunchOptions, run_sweep
-    from sweeper.spec import SpecError
+    from sweeper.launch import LaunchOptions, run_sweep
 
     options = LaunchOptions(spec, list(overrides), data_root, tracking_uri, storage, address, name)
-    try:
+    with user_errors():
         summary = run_sweep(options, echo=click.echo)
-    except (SpecError, LaunchError) as error:
-        raise click.ClickException(str(error)) from None
-    except Exception as error:
-        from pipelines.data.dataset import EmptyDatasetError
-        from pipelines.data.roboflow import DataSourceError
-        from pipelines.data.split import SplitError
-        from pipelines.metrics.lpips import LPIPSWeightsError
-
-        if isinstance(error, (EmptyDatasetError, DataSourceError, SplitError, LPIPSWeightsError)):
-            raise click.ClickException(str(error)) from None
-        raise
     _print_summary(summary)
     name = Path(summary["storage"]).name
     if summary["errored"]:
@@ -73,7 +64,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             click.echo(f"    error: {trial['error']}")
     for trial in summary["trials"]:
         if trial["table1_markdown"]:
-            click.echo(f"\nTable 1, trial {trial['trial_id']} (test split, t chosen on validation):\n")
+            click.echo(f"\nTable 1, trial {trial['trial_id']} ({trial['table1_title']}):\n")
             click.echo(trial["table1_markdown"])
     click.echo(f"MLflow UI: {summary['mlflow_url']}")
     click.echo(f"Tune results: {summary['storage']}")
@@ -90,21 +81,22 @@ def _format_auc(auprc: float | None, auroc: float | None) -> str:
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder the sweep was launched with (default: ~/.sweeper/sweeps).")
 def status(name: str, storage: Path | None) -> None:
     """Show the trials of sweep NAME, their states and best results."""
-    from sweeper.status import SweepNotFoundError, sweep_status
+    from sweeper.status import sweep_status
 
-    try:
+    with user_errors():
         rows = sweep_status(name, storage)
-    except SweepNotFoundError as error:
-        raise click.ClickException(str(error)) from None
     click.echo(f"Sweep {name}: {len(rows)} trials")
     for row in rows:
         sampled = ", ".join(f"{key}={value}" for key, value in row["config"].items()) or "base spec"
         result = _format_auc(row["best_test_auprc"], row["best_test_auroc"])
-        click.echo(f"  {row['trial_id']}  {row['state']:<10} {row['phase'] or '-':<16} {sampled}  {row['best_cell']} {result}")
+        click.echo(f"  {row['trial_id']}  {row['state']:<11} {row['phase'] or '-':<16} {sampled}  {row['best_cell']} {result}")
+        if row["error"]:
+            click.echo(f"    error: {row['error']}")
 
 
+cli.add_command(data_group)
 cli.add_command(mlflow_group)
-
+cli.add_command(weights_group)
 
 # Nothing the CLI starts reports usage to outside hosts unless the user opts back in, and
 # MLflow prints no "View run" link per run (the CLI prints the experiment's URL once).

@@ -1,8 +1,9 @@
 """``sweeper launch``: validate the spec, prepare the data, start tracking and run the Ray Tune sweep.
 
-Everything that can be checked is checked before Ray starts: the spec, every
-candidate of the search space, the data sources, the storage path and the tracking
-server. The data is prepared once on the driver and shared with the trials.
+Everything that can be checked is checked before anything is written: the spec,
+every combination of the search space, the data sources, the storage path, the
+model weights, the tracking server and the resources Ray can offer. The data is
+prepared once on the driver and shared with the trials.
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
-from pipelines.data.dataset import PreparedData, prepare_dataset, resolve_source_path
-from pipelines.data.records import write_manifest
-from pipelines.metrics.lpips import load_lpips_weights, resolve_lpips_weights
+from sweeper.data_setup import prepare_data, resolve_spec_path
+from sweeper.driver_state import write_driver_state
 from sweeper.paths import default_cache_dir, default_storage
-from sweeper.search_space import check_search_space, count_trials, param_space
+from sweeper.search_space import check_search_space, count_trials
 from sweeper.spec import SpecError, SweepSpec, load_yaml, parse_override, set_dotted, validate
-from sweeper.tracking_setup import TrackingTarget, open_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +48,12 @@ class PreparedLaunch:
 
     raw: dict[str, Any]
     spec: SweepSpec
+    spec_path: Path
     data_root: Path
     storage: Path
     cache_dir: Path
     lpips_weights: Path
-    lpips_state: dict[str, torch.Tensor]
+    lpips_state: Any
 
 
 def load_spec(options: LaunchOptions) -> tuple[dict[str, Any], SweepSpec]:
@@ -73,27 +70,24 @@ def load_spec(options: LaunchOptions) -> tuple[dict[str, Any], SweepSpec]:
 
 
 def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
-    """Validate everything that does not need Ray: spec, data sources and storage."""
+    """Validate everything that needs neither Ray nor MLflow: spec, data, storage, resources, weights."""
     raw, spec = load_spec(options)
-    data_root = _data_root(options, spec)
-    for index, source in enumerate(spec.data.sources):
-        if source.kind == "synthetic":
-            continue
-        folder = resolve_source_path(source.path, data_root)
-        if not folder.is_dir():
-            raise SpecError(
-                f"spec field 'data.sources[{index}].path': folder {str(folder)!r} not found; "
-                f"pass --data-root DIR or fix the path (relative paths resolve against the data root {str(data_root)!r})"
-            )
+    data_root = resolve_data_root(options, spec)
+    check_sources(spec, data_root)
     storage = (options.storage or (Path(spec.storage).expanduser() if spec.storage else default_storage())).resolve()
-    _check_writable(storage, "storage")
+    check_writable(storage, "storage")
     cache_dir = Path(spec.data.cache_dir).expanduser() if spec.data.cache_dir else default_cache_dir()
-    _check_writable(cache_dir, "data.cache_dir")
+    check_writable(cache_dir, "data.cache_dir")
     if (storage / spec.name).exists():
         raise LaunchError(
             f"sweep {spec.name!r} already exists in {str(storage)!r}; launch it under another --name, "
             f"or remove {str(storage / spec.name)!r} to start over"
         )
+    if options.address is None:
+        check_local_resources(spec)
+
+    from pipelines.metrics.lpips import load_lpips_weights
+
     # The driver reads and checks the LPIPS weights once and ships them to the trials, so
     # worker nodes need no copy of the file.
     lpips_weights = _lpips_weights_path(options, spec)
@@ -101,6 +95,7 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     return PreparedLaunch(
         raw=raw,
         spec=spec,
+        spec_path=options.spec_path,
         data_root=data_root,
         storage=storage,
         cache_dir=cache_dir,
@@ -109,29 +104,17 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     )
 
 
-def prepare_data(launch: PreparedLaunch) -> PreparedData:
-    """Prepare the sweep's data on the driver (cached on disk)."""
-    from trainables.builders import split_settings
-
-    spec = launch.spec
-    return prepare_dataset(
-        [source.model_dump() for source in spec.data.sources],
-        data_root=launch.data_root,
-        image_size=spec.data.image_size,
-        percentile=spec.data.preprocessing.percentile,
-        split=split_settings(spec),
-        cache_dir=launch.cache_dir,
-    )
-
-
 def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole sweep and return its summary (trial states, MLflow URL)."""
     launch = prepare_launch(options)
     spec = launch.spec
-    tracking = open_tracking(options.tracking_uri or spec.tracking.uri, spec.tracking.server_root, echo=echo)
 
+    from sweeper.tracking_setup import open_tracking
+    from sweeper.tune_runner import connect_ray, disconnect_ray, run_tuner
+
+    tracking = open_tracking(options.tracking_uri or spec.tracking.uri, spec.tracking.server_root, echo=echo)
     echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
-    data = prepare_data(launch)
+    data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)
     counts = data.counts()
     echo(
         "  "
@@ -139,32 +122,40 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
         + (" (cache hit)" if data.cache_hit else "")
     )
 
-    experiment_id, sweep_run_id = _start_sweep_run(tracking, launch, data)
-    echo(f"MLflow: {tracking.experiment_url(experiment_id)}")
-
-    from sweeper.tune_runner import run_tuner
-
-    status = "FAILED"
+    started_ray = connect_ray(options.address, spec)
     try:
-        summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id, address=options.address)
-        if summary["errored"]:
-            status = "FAILED"
-        elif summary["incomplete"]:
+        experiment_id, sweep_run_id = _start_sweep_run(tracking, launch, data)
+        echo(f"MLflow: {tracking.experiment_url(experiment_id)}")
+        status = "FAILED"
+        sweep_folder = launch.storage / spec.name
+        write_driver_state(sweep_folder, "running")
+        try:
+            summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id)
+            if summary["errored"]:
+                status = "FAILED"
+            elif summary["incomplete"]:
+                status = "KILLED"
+            else:
+                status = "FINISHED"
+        except KeyboardInterrupt:
             status = "KILLED"
-        else:
-            status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+            raise
+        finally:
+            tracking.client.set_terminated(sweep_run_id, status=status)
+            write_driver_state(sweep_folder, {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"))
     finally:
-        tracking.client.set_terminated(sweep_run_id, status=status)
+        if started_ray:
+            disconnect_ray()
     summary["mlflow_url"] = tracking.experiment_url(experiment_id)
     summary["storage"] = str(launch.storage / spec.name)
     return summary
 
 
-def _start_sweep_run(tracking: TrackingTarget, launch: PreparedLaunch, data: PreparedData) -> tuple[str, str]:
+def _start_sweep_run(tracking: Any, launch: PreparedLaunch, data: Any) -> tuple[str, str]:
     """Create the sweep's experiment (or reuse it) and its parent run, with the spec and manifest."""
+    import yaml
+
+    from pipelines.data.records import write_manifest
     from trainables.tracking import RunLogger, flatten
 
     spec = launch.spec
@@ -190,22 +181,20 @@ def _start_sweep_run(tracking: TrackingTarget, launch: PreparedLaunch, data: Pre
 
 def _lpips_weights_path(options: LaunchOptions, spec: SweepSpec) -> Path:
     """Resolve evaluation.lpips_weights (relative to the spec file) or $SWEEPER_LPIPS_WEIGHTS."""
+    from pipelines.metrics.lpips import resolve_lpips_weights
+
     configured = spec.evaluation.lpips_weights
     if configured is None:
         return resolve_lpips_weights(None).resolve()
-    path = Path(configured).expanduser()
-    if not path.is_absolute():
-        path = options.spec_path.parent / path
-    return resolve_lpips_weights(path).resolve()
+    return resolve_lpips_weights(resolve_spec_path(configured, options.spec_path)).resolve()
 
 
-def _data_root(options: LaunchOptions, spec: SweepSpec) -> Path:
+def resolve_data_root(options: LaunchOptions, spec: SweepSpec) -> Path:
+    """Return --data-root, else data.root (relative to the spec file), else the working directory."""
     if options.data_root is not None:
         root = options.data_root
     elif spec.data.root is not None:
-        root = Path(spec.data.root).expanduser()
-        if not root.is_absolute():
-            root = options.spec_path.parent / root
+        root = resolve_spec_path(spec.data.root, options.spec_path)
     else:
         root = Path.cwd()
     root = root.resolve()
@@ -214,7 +203,42 @@ def _data_root(options: LaunchOptions, spec: SweepSpec) -> Path:
     return root
 
 
-def _check_writable(folder: Path, what: str) -> None:
+def check_sources(spec: SweepSpec, data_root: Path) -> None:
+    """Check that every file-based source's folder exists under the data root."""
+    from pipelines.data.sources import resolve_source_path
+
+    for index, source in enumerate(spec.data.sources):
+        if source.kind == "synthetic":
+            continue
+        folder = resolve_source_path(source.path, data_root)
+        if not folder.is_dir():
+            raise SpecError(
+                f"spec field 'data.sources[{index}].path': folder {str(folder)!r} not found; "
+                f"pass --data-root DIR or fix the path (relative paths resolve against the data root {str(data_root)!r})"
+            )
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """Reject a trial that asks for more CPUs or GPUs than this machine has, since it would never start."""
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpus > cpus:
+        raise SpecError(
+            f"spec field 'resources.cpus': got {spec.resources.cpus:g}, but this machine has {cpus} CPUs, so no "
+            f"trial could start; lower it or join a larger cluster with --address"
+        )
+    if spec.resources.gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if spec.resources.gpus > gpus:
+            raise SpecError(
+                f"spec field 'resources.gpus': got {spec.resources.gpus:g}, but this machine has {gpus} GPUs, so no "
+                f"trial could start; set resources.gpus=0 or join a GPU cluster with --address"
+            )
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
@@ -223,5 +247,3 @@ def _check_writable(folder: Path, what: str) -> None:
         raise SpecError(
             f"{what} path {str(folder)!r} is not writable ({error.strerror or error}); choose another folder"
         ) from error
-    if not os.access(folder, os.W_OK):
-        raise SpecError(f"{what} path {str(folder)!r} is not writable; choose another folder")

@@ -120,10 +120,17 @@ def stop(root: Path | None) -> None:
 def _start_or_reuse(root: Path, host: str, port: int | None) -> tuple[ServerInfo, bool]:
     """Start or reuse the server for ``root`` and print its tracking URI and UI URL."""
     try:
-        info, started = ensure_server(root, host=host, port=port)
-    except (ServerError, ValueError, OSError) as error:
+        info, started = ensure_server(root, host=host, port=port, log_exposure=False)
+    except OSError as error:
+        raise click.ClickException(f"cannot use {root} as the server's folder: {error.strerror or error}; choose another --root") from error
+    except (ServerError, ValueError) as error:
         raise click.ClickException(str(error)) from error
 
+    if not started and port is not None and info.port != port:
+        raise click.ClickException(
+            f"an MLflow server for {info.root} is already running at {info.uri}, not on port {port}; "
+            f"use {info.uri}, or stop it with 'sweeper mlflow stop --root {info.root}' first"
+        )
     if started:
         click.echo(f"Started MLflow server (pid {info.pid}) for {info.root}")
     else:

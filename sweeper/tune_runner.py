@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +17,12 @@ import pipelines
 import sweeper
 import trainables
 from sweeper.search_space import param_space
+from sweeper.spec import SpecError, SweepSpec
 from trainables.trial import SweepContext, run_trial
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pipelines.data.dataset import PreparedData
     from sweeper.launch import PreparedLaunch
     from sweeper.tracking_setup import TrackingTarget
@@ -29,59 +34,95 @@ logger = logging.getLogger(__name__)
 WORKER_ENVIRONMENT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def connect_ray(address: str | None, worker_environment: dict[str, str] | None = None) -> bool:
-    """Start local Ray, or join the cluster at ``address``; return whether this call started it."""
+class RayConnectionError(RuntimeError):
+    """Ray could not be started or joined; the message names the address and what to do."""
+
+
+def connect_ray(address: str | None, spec: SweepSpec) -> bool:
+    """Start local Ray, or join the cluster at ``address``; return whether this call connected.
+
+    Raises :class:`RayConnectionError` when the cluster cannot be reached, and
+    :class:`SpecError` when it has fewer CPUs or GPUs than one trial asks for.
+    """
     if ray.is_initialized():
         return False
-    runtime_env: dict[str, Any] = {"env_vars": {**WORKER_ENVIRONMENT, **(worker_environment or {})}}
-    if address is None:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
-    else:
-        # The project's code travels with the job, so cluster nodes need no copy of it.
-        runtime_env["py_modules"] = [
-            str(Path(package.__file__).parent) for package in (pipelines, sweeper, trainables, mlflow_server)
-        ]
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    # numba's parallel loops (used by opensimplex) start one spinning thread per core unless
+    # NUMBA_NUM_THREADS is set, and those threads starve the trial's own PyTorch thread.
+    environment = {**WORKER_ENVIRONMENT, "NUMBA_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}
+    runtime_env: dict[str, Any] = {"env_vars": environment}
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+        else:
+            # The project's code travels with the job, so cluster nodes need no copy of it.
+            runtime_env["py_modules"] = [
+                str(Path(package.__file__).parent) for package in (pipelines, sweeper, trainables, mlflow_server)
+            ]
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as error:
+        where = "a local Ray instance" if address is None else f"the Ray cluster at {address!r}"
+        raise RayConnectionError(
+            f"could not connect to {where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
+            f"check the address ('auto' needs 'ray start --head' on this machine, ray://HOST:10001 a Ray Client server)"
+        ) from error
+    _check_cluster_resources(spec)
     return True
 
 
-def run_tuner(
-    launch: PreparedLaunch,
-    data: PreparedData,
-    tracking: TrackingTarget,
-    experiment_id: str,
-    sweep_run_id: str,
-    *,
-    address: str | None,
-) -> dict[str, Any]:
-    """Run every trial of the sweep and return a summary of their states and best results."""
-    spec = launch.spec
-    # numba's parallel loops (used by opensimplex) start one spinning thread per core unless
-    # NUMBA_NUM_THREADS is set, and those threads starve the trial's own PyTorch thread.
-    started = connect_ray(address, {"NUMBA_NUM_THREADS": str(max(1, int(spec.resources.cpus)))})
-    try:
-        context = SweepContext(
-            sweep_name=spec.name, tracking_uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id
-        )
-        trainable = tune.with_parameters(
-            run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
-        )
-        trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(spec),
-            tune_config=tune.TuneConfig(
-                num_samples=spec.search.num_samples,
-                search_alg=BasicVariantGenerator(random_state=spec.search.seed),
-                max_concurrent_trials=spec.resources.max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(launch.storage), verbose=1),
-        )
-        results = tuner.fit()
-    finally:
-        if started:
+def disconnect_ray() -> None:
+    ray.shutdown()
+
+
+def _check_cluster_resources(spec: SweepSpec) -> None:
+    available = ray.cluster_resources()
+    for resource, wanted in (("CPU", spec.resources.cpus), ("GPU", spec.resources.gpus)):
+        if wanted > available.get(resource, 0):
             ray.shutdown()
+            raise SpecError(
+                f"spec field 'resources.{resource.lower()}s': got {wanted:g}, but the Ray cluster has "
+                f"{available.get(resource, 0):g} {resource}s, so no trial could start; lower it or add nodes"
+            )
+
+
+def run_tuner(
+    launch: PreparedLaunch, data: PreparedData, tracking: TrackingTarget, experiment_id: str, sweep_run_id: str
+) -> dict[str, Any]:
+    """Run every trial of the sweep on the connected Ray and return a summary of their states."""
+    spec = launch.spec
+    context = SweepContext(
+        sweep_name=spec.name, tracking_uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id
+    )
+    trainable = tune.with_parameters(
+        run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
+    )
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            num_samples=spec.search.num_samples,
+            search_alg=BasicVariantGenerator(random_state=spec.search.seed),
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(launch.storage), verbose=1),
+    )
+    with _sigterm_as_interrupt():
+        results = tuner.fit()
     return summarize_results(results)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM stop the sweep the way Ctrl-C does, so Tune saves its state and the runs are closed."""
+
+    def interrupt(signal_number: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal_number}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:
@@ -91,14 +132,15 @@ def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:
         metrics = result.metrics or {}
         trials.append(
             {
-                "trial_id": metrics.get("trial_id", Path(result.path).name),
-                "config": result.config,
+                "trial_id": metrics.get("trial_id", Path(result.path).name if result.path else "?"),
+                "config": result.config or {},
                 "state": _trial_state(result, metrics),
-                "error": str(result.error).splitlines()[0] if result.error else "",
+                "error": _error_line(result.error),
                 "best_cell": metrics.get("best_cell", ""),
                 "best_test_auprc": metrics.get("best_test_auprc"),
                 "best_test_auroc": metrics.get("best_test_auroc"),
                 "table1_markdown": metrics.get("table1_markdown", ""),
+                "table1_title": metrics.get("table1_title", ""),
             }
         )
     return {
@@ -113,3 +155,11 @@ def _trial_state(result: tune.Result, metrics: dict[str, Any]) -> str:
     if result.error:
         return "ERROR"
     return "TERMINATED" if metrics.get("phase") == "done" else "INCOMPLETE"
+
+
+def _error_line(error: BaseException | None) -> str:
+    """Return the last line of a trial's error, which names the exception and its message."""
+    if error is None:
+        return ""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

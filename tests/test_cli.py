@@ -97,3 +97,23 @@ def test_lpips_weights_not_searchable(home: Path) -> None:
     code, output = launch(DEMO, "--set", "search.parameters={evaluation.lpips_weights: {values: [a, b]}}")
     assert code == 1
     assert "the LPIPS weights are read once per sweep and cannot vary between trials" in output
+
+
+def test_more_cpus_than_machine_rejected(home: Path) -> None:
+    code, output = launch(DEMO, "--set", "resources.cpus=512", "--storage", str(home / "sweeps"))
+    assert code == 1
+    assert "spec field 'resources.cpus': got 512, but this machine has" in output
+    assert "no trial could start" in output
+
+
+def test_bad_address_is_one_line_and_keeps_name(home: Path) -> None:
+    from mlflow_server import start_server, stop_server
+
+    server = start_server(home / "mlflow")
+    try:
+        code, output = launch(DEMO, "--address", "nonsense-address", "--tracking-uri", server.uri, "--storage", str(home / "sweeps"))
+    finally:
+        stop_server(home / "mlflow")
+    assert code == 1
+    assert output.strip().splitlines()[-1].startswith("Error: could not connect to the Ray cluster at 'nonsense-address'")
+    assert not (home / "sweeps" / "demo").exists()

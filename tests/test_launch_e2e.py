@@ -149,7 +149,7 @@ def test_manifest_lists_splits(runs: dict, tmp_path: Path) -> None:
     client = runs["client"]
     path = client.download_artifacts(runs["trial"][0].info.run_id, "manifest.csv", str(tmp_path))
     text = Path(path).read_text(encoding="utf-8")
-    assert text.splitlines()[0] == "id,path,sha256,source,group,frame,label,finding,split,reason"
+    assert text.splitlines()[0].startswith("id,path,sha256,source,role,group,frame,label,finding,split,reason,ga_weeks")
     assert len(text.splitlines()) == 1 + 1127 + 140 + 139
 
 

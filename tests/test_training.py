@@ -75,3 +75,11 @@ def test_augment_keeps_shape_and_range() -> None:
     assert not torch.equal(out, batch)
     same = augment(batch, torch.Generator().manual_seed(0), rotation_degrees=0, hflip=False, vflip=False)
     assert torch.equal(same, batch)
+
+
+def test_nan_error_survives_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(NonFiniteLossError(3, 17, float("inf"))))
+    assert (error.epoch, error.step, error.value) == (3, 17, float("inf"))
+    assert "training loss is inf at epoch 3, step 17" in str(error)

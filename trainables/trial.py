@@ -20,7 +20,7 @@ from ray import tune
 
 from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
-from pipelines.diffusion.training import EpochStats, train_ddpm
+from pipelines.diffusion.training import EpochStats, NonFiniteLossError, train_ddpm
 from pipelines.diffusion.unet import count_parameters
 from pipelines.evaluation.grid import evaluate_cell, grid_cells, summarize_cell
 from pipelines.metrics.lpips import PerceptualDistance
@@ -76,7 +76,18 @@ def run_trial(
         distance = PerceptualDistance(lpips_state).to(device)
         summaries = _evaluate(spec, models, data, distance, client, context, run, device, trial_id)
         final = _log_summary(run, spec, summaries)
-    except BaseException:
+    except NonFiniteLossError as error:
+        logger.error("trial %s: %s", trial_id, error)
+        run.set_tags({"sweeper.status": "nan_loss"})
+        run.finish("FAILED")
+        raise
+    except (SystemExit, KeyboardInterrupt):
+        # Tune stops a trial by raising SystemExit inside tune.report.
+        logger.info("trial %s: stopped by Tune", trial_id)
+        run.finish("KILLED")
+        raise
+    except BaseException as error:
+        logger.error("trial %s: failed with %s: %s", trial_id, type(error).__name__, error)
         run.finish("FAILED")
         raise
     run.finish("FINISHED")
@@ -206,7 +217,12 @@ def _log_summary(run: RunLogger, spec: Any, summaries: list[CellSummary]) -> dic
     run.log_figure(auc_against_t_figure(summaries, split=report_split, stride=stride), "auc_against_t.png")
 
     rows = table1(summaries, stride=stride, report_on=report_split)
-    final: dict[str, Any] = {"phase": "done", "table1_markdown": to_markdown(rows)}
+    chosen_on = "t chosen on validation" if "val" in spec.evaluation.splits and report_split != "val" else "every t"
+    final: dict[str, Any] = {
+        "phase": "done",
+        "table1_markdown": to_markdown(rows),
+        "table1_title": f"{report_split} split, {chosen_on}",
+    }
     chosen = [s for s in summaries if s.split == report_split]
     selection = {s.cell: s.metrics["auprc"] for s in summaries if s.split == "val"}
     # The best cell is chosen on validation AUPRC only, never on the split it is reported on.

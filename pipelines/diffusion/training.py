@@ -24,6 +24,10 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
         self.value = value
 
+    def __reduce__(self) -> tuple:
+        # Rebuild from the constructor's arguments, so the error survives pickling across Ray processes.
+        return (type(self), (self.epoch, self.step, self.value))
+
 
 @dataclass(frozen=True)
 class TrainingSettings:
