@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.curation.pipeline import CurationSettings
 from pipelines.data.dataset import prepare_dataset
 from pipelines.data.naming import source_frame, source_group
 from pipelines.data.records import MANIFEST_COLUMNS, read_manifest, write_manifest
@@ -32,8 +33,8 @@ def fbau_records():
 def prepared(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     settings = SplitSettings(seed=0, max_val={"healthy": 12, "pathological": 18}, max_test={"healthy": 12, "pathological": 18})
-    first = prepare_dataset([FBAU_SOURCE], data_root=DATA_ROOT, image_size=32, percentile=98, split=settings, cache_dir=cache)
-    second = prepare_dataset([FBAU_SOURCE], data_root=DATA_ROOT, image_size=32, percentile=98, split=settings, cache_dir=cache)
+    first = prepare_dataset([FBAU_SOURCE], data_root=DATA_ROOT, curation=CurationSettings(image_size=32), split=settings, cache_dir=cache)
+    second = prepare_dataset([FBAU_SOURCE], data_root=DATA_ROOT, curation=CurationSettings(image_size=32), split=settings, cache_dir=cache)
     return first, second
 
 
@@ -165,7 +166,7 @@ def test_unreadable_image_skipped_and_listed(tmp_path: Path, caplog: pytest.LogC
               "label_column": "label", "group_column": "group", "healthy_labels": ["healthy"]}
 
     with caplog.at_level(logging.WARNING):
-        data = prepare_dataset([source], data_root=tmp_path, image_size=16, percentile=98, split=SplitSettings(), cache_dir=tmp_path / "cache")
+        data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=16), split=SplitSettings(), cache_dir=tmp_path / "cache")
     broken = [record for record in data.records if record.id.startswith("local/broken")]
     assert len(broken) == 2
     assert all(record.reason.startswith("unreadable:") for record in broken)
@@ -186,16 +187,16 @@ def test_empty_after_filtering_is_clear(tmp_path: Path) -> None:
     source = {"kind": "folder-csv", "path": "images", "name": "local", "csv": "labels.csv", "file_column": "file",
               "label_column": "label", "group_column": "group", "healthy_labels": ["healthy"]}
     with pytest.raises(SplitError, match=r"found 0 healthy source groups, but a group split needs at least 3"):
-        prepare_dataset([source], data_root=tmp_path, image_size=16, percentile=98, split=SplitSettings(), cache_dir=tmp_path / "cache")
+        prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=16), split=SplitSettings(), cache_dir=tmp_path / "cache")
 
 
 def test_no_pathological_in_evaluation_is_clear(tmp_path: Path) -> None:
     source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 12, "pathological": 2, "size": 64, "seed": 0}
     settings = SplitSettings(max_test={"pathological": 1}, max_val={"pathological": 1})
-    data = prepare_dataset([source], data_root=tmp_path, image_size=32, percentile=98, split=settings, cache_dir=tmp_path / "cache")
+    data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=32), split=settings, cache_dir=tmp_path / "cache")
     assert (data.splits["test"].labels == 1).sum() == 1
-    with pytest.raises(SplitError, match=r"found 1 pathological source groups, but val and test each need at least one"):
-        prepare_dataset([{**source, "pathological": 1}], data_root=tmp_path, image_size=32, percentile=98, split=settings, cache_dir=tmp_path / "cache")
+    with pytest.raises(SplitError, match=r"found 1 pathological source groups for evaluation, but val and test each need at least one"):
+        prepare_dataset([{**source, "pathological": 1}], data_root=tmp_path, curation=CurationSettings(image_size=32), split=settings, cache_dir=tmp_path / "cache")
 
 
 def test_missing_export_folder_named(tmp_path: Path) -> None:
@@ -227,9 +228,62 @@ def test_path_outside_source_folder_dropped(tmp_path: Path) -> None:
 
 def test_synthetic_source_keeps_lesion_masks(tmp_path: Path) -> None:
     source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 20, "pathological": 8, "size": 64, "seed": 0}
-    data = prepare_dataset([source], data_root=tmp_path, image_size=32, percentile=98, split=SplitSettings(), cache_dir=tmp_path / "cache")
+    data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=32), split=SplitSettings(), cache_dir=tmp_path / "cache")
     test = data.splits["test"]
     assert test.lesion_masks is not None
     assert test.lesion_masks[test.labels == 1].any(axis=(1, 2, 3)).all()
     assert not test.lesion_masks[test.labels == 0].any()
     assert all(identifier.startswith("synthetic-phantoms/synthetic-phantom-") for identifier in test.ids)
+
+
+def folder_source(**overrides: object) -> dict:
+    source = {"kind": "folder-csv", "path": "images", "name": "local", "csv": "labels.csv", "file_column": "file",
+              "label_column": "label", "group_column": "group", "healthy_labels": ["healthy"]}
+    return {**source, **overrides}
+
+
+def test_file_listed_twice_rejected(tmp_path: Path) -> None:
+    from pipelines.data.folder_csv import load_folder_csv
+
+    folder = tmp_path / "images"
+    write_folder_csv(folder, [("a.png", "healthy", "g1"), ("b.png", "healthy", "g2"), ("a.png", "cyst", "p9")])
+    with pytest.raises(DataSourceError, match=r"lists 'a.png' twice \(again on line 4\)"):
+        load_folder_csv(folder, name="local")
+
+
+def test_non_utf8_csv_rejected(tmp_path: Path) -> None:
+    from pipelines.data.folder_csv import load_folder_csv
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "labels.csv").write_bytes("file,label,group\nbébé.png,healthy,g\n".encode("latin-1"))
+    with pytest.raises(DataSourceError, match=r"is not UTF-8 text \(byte \d+\); save it as UTF-8"):
+        load_folder_csv(folder, name="local")
+
+
+def test_missing_group_column_suggests_null(tmp_path: Path) -> None:
+    from pipelines.data.folder_csv import load_folder_csv
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("file,label\na.png,healthy\n", encoding="utf-8")
+    with pytest.raises(DataSourceError, match=r"has no column 'group'; columns are file, label; set group_column: null"):
+        load_folder_csv(folder, name="local")
+    records = load_folder_csv(folder, name="local", group_column=None)
+    assert records[0].group == "a"
+
+
+def test_damaged_cache_entry_is_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 12, "pathological": 4, "size": 64, "seed": 0}
+    settings = {"data_root": tmp_path, "curation": CurationSettings(image_size=32), "split": SplitSettings(), "cache_dir": tmp_path / "cache"}
+    first = prepare_dataset([source], **settings)
+    entry = tmp_path / "cache" / f"{first.cache_key}.npz"
+    content = bytearray(entry.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    entry.write_bytes(bytes(content))
+    with caplog.at_level(logging.WARNING):
+        second = prepare_dataset([source], **settings)
+    assert not second.cache_hit
+    assert any("is unreadable" in message for message in caplog.messages)
+    assert np.array_equal(first.splits["test"].images, second.splits["test"].images)
+    assert prepare_dataset([source], **settings).cache_hit

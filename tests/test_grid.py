@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.curation.pipeline import CurationSettings
 from pipelines.data.dataset import prepare_dataset
 from pipelines.data.split import SplitSettings
 from pipelines.diffusion.noise import make_noise
@@ -30,7 +31,7 @@ def split(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("grid")
     source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 24, "pathological": 10, "size": 64, "seed": 0}
     settings = SplitSettings(max_test={"healthy": 5, "pathological": 5})
-    return prepare_dataset([source], data_root=folder, image_size=32, percentile=98, split=settings, cache_dir=folder / "cache").splits["test"]
+    return prepare_dataset([source], data_root=folder, curation=CurationSettings(image_size=32), split=settings, cache_dir=folder / "cache").splits["test"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_table1_chooses_t_on_validation_only() -> None:
 
 def test_table1_without_validation_lists_every_t() -> None:
     rows = table1([s for s in summaries() if s.split == "test"])
-    assert [row["t chosen by"] for row in rows] == ["all t (no validation split)"] * 2
+    assert [row["t chosen by"] for row in rows] == ["all t (no separate val split)"] * 2
 
 
 def test_tables_render(tmp_path: Path) -> None:

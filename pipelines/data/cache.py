@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Bump when preprocessing changes its output for the same inputs and settings.
-PREPROCESSING_VERSION = "2"
+PREPROCESSING_VERSION = "3"
 
 
 def cache_key(payload: dict[str, Any]) -> str:
@@ -38,17 +39,26 @@ class ArrayCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
-    def get(self, key: str) -> dict[str, np.ndarray] | None:
-        """Return the arrays stored under ``key``, or None on a miss or an unreadable entry."""
+    def get(self, key: str, *, required: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+        """Return the arrays stored under ``key``, or None on a miss or a damaged entry.
+
+        An entry that cannot be read, or that lacks one of the ``required`` arrays, is
+        treated as a miss and logged, so the caller recomputes and overwrites it.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as stored:
-                return {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, EOFError) as error:
+                arrays = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             logger.warning("preprocessing cache entry %s is unreadable (%s); recomputing it", path, error)
             return None
+        missing = [name for name in required if name not in arrays]
+        if missing:
+            logger.warning("preprocessing cache entry %s lacks %s; recomputing it", path, ", ".join(missing))
+            return None
+        return arrays
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
         """Store ``arrays`` under ``key``, atomically so a reader never sees half a file."""

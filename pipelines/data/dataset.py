@@ -1,29 +1,56 @@
-"""Preparing a sweep's data: list sources, preprocess (cached), split by group, build arrays.
+"""Preparing a sweep's data: list sources, curate (cached), apply the exclude list, split by group.
 
-:func:`prepare_dataset` is run once per sweep; its :class:`PreparedData` holds
-every split as arrays, so trials never read the raw images.
+:func:`prepare_dataset` runs once per sweep, on the driver. Its :class:`PreparedData`
+contains every split as arrays, so trials never read the raw images.
+
+The cache key covers everything that determines the curated arrays: each input's
+id, file hash, label and metadata, every stage setting, the fingerprints of the
+model weights and the preprocessing code's version. The exclude list and the split
+are cheap and run after the cache, so changing them never recomputes anything.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import json
 import logging
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.curation.pipeline import CuratedImage, CurationSettings, ProgressCallback, StageCounts, curate
+from pipelines.curation.segmentation import HeadSegmenter
+from pipelines.curation.sononet import SonoNet
 from pipelines.data.cache import ArrayCache, cache_key
-from pipelines.data.folder_csv import load_folder_csv
-from pipelines.data.phantoms import generate_synthetic_phantoms
-from pipelines.data.preprocess import UnreadableImageError, preprocess_image, read_grey, resize_square
-from pipelines.data.records import HEALTHY, PATHOLOGICAL, ImageRecord, drop_duplicates
-from pipelines.data.roboflow import DataSourceError, load_roboflow_multilabel
+from pipelines.data.records import PATHOLOGICAL, ImageRecord, drop_duplicates
+from pipelines.data.sources import PendingImage, list_source
 from pipelines.data.split import SPLITS, SplitSettings, split_by_group, split_counts
 
 logger = logging.getLogger(__name__)
+
+# Per-record fields that curation measures; they are cached with the arrays.
+CURATED_FIELDS = ("reason", "ga_weeks", "ga_source", "pixel_spacing_mm", "hc_mm", "plane", "plane_confidence", "head_uncertainty")
+THUMBNAIL_WIDTH = 192
+# Arrays every cache entry must contain; an entry without one of them is recomputed.
+CACHED_ARRAYS = (
+    "ids",
+    "images",
+    "head_masks",
+    "lesion_masks",
+    "has_lesion_mask",
+    "fields",
+    "stage_counts",
+    "seconds",
+    "thumbnail_ids",
+    "thumbnails",
+    "thumbnail_widths",
+    "thumbnail_masks",
+    "has_thumbnail_mask",
+)
 
 
 class EmptyDatasetError(ValueError):
@@ -54,166 +81,158 @@ class PreparedData:
     cache_key: str
     cache_hit: bool
     image_size: int
+    stage_counts: list[dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
+    first_seconds: float = 0.0
+    thumbnails: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None
+    crops: dict[str, np.ndarray] | None = None
 
     def counts(self) -> dict[str, dict[str, int]]:
         return split_counts(self.records)
-
-
-@dataclass
-class _Pending:
-    """A record and how to get its pixels: a file path, or generated arrays."""
-
-    record: ImageRecord
-    file: Path | None = None
-    image: np.ndarray | None = None
-    head_mask: np.ndarray | None = None
-    lesion_mask: np.ndarray | None = None
 
 
 def prepare_dataset(
     sources: list[dict[str, Any]],
     *,
     data_root: Path,
-    image_size: int,
-    percentile: float,
+    curation: CurationSettings,
     split: SplitSettings,
     cache_dir: Path,
+    sononet: SonoNet | None = None,
+    segmenter: HeadSegmenter | None = None,
+    weights_fingerprints: dict[str, str] | None = None,
+    exclude: dict[str, str] | None = None,
+    keep_thumbnails: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> PreparedData:
-    """List, preprocess, split and stack the images of ``sources`` (dicts of the spec's data.sources)."""
-    pending = [item for source in sources for item in _list_source(source, data_root)]
+    """List, curate, exclude, split and stack the images of ``sources`` (dicts of the spec's data.sources)."""
+    started = time.perf_counter()
+    pending = [item for source in sources for item in list_source(source, data_root)]
     records = [item.record for item in pending]
     duplicates = drop_duplicates(records)
     if duplicates:
         logger.info("dropped %d byte-identical duplicate images", duplicates)
-
     usable = [item for item in pending if item.record.kept]
+
     key = cache_key(
         {
-            "inputs": sorted((item.record.id, item.record.sha256) for item in usable),
-            "image_size": image_size,
-            "percentile": percentile,
+            "inputs": sorted(_input_fingerprint(item) for item in usable),
+            "curation": dataclasses.asdict(curation),
+            "weights": weights_fingerprints or {},
         }
     )
     cache = ArrayCache(cache_dir)
-    stored = cache.get(key)
+    stored = cache.get(key, required=CACHED_ARRAYS)
     cache_hit = stored is not None
     if stored is None:
-        stored = _preprocess_all(usable, image_size=image_size, percentile=percentile)
+        curated, counts = curate(usable, curation, sononet=sononet, segmenter=segmenter, on_progress=on_progress)
+        stored = _to_arrays(usable, curated, counts, curation.image_size, time.perf_counter() - started)
         cache.put(key, stored)
-        logger.info("preprocessed %d images into cache entry %s", len(usable), key[:12])
+        logger.info("curated %d images into cache entry %s", len(usable), key[:12])
     else:
         logger.info("preprocessing cache hit %s (%d images)", key[:12], len(stored["ids"]))
+    _restore_fields(records, json.loads(str(stored["fields"])))
+    _warn_unreadable(records)
+
+    for record in records:
+        if record.kept and exclude and record.id in exclude:
+            record.drop(f"excluded by review: {exclude[record.id]}")
 
     index = {str(identifier): position for position, identifier in enumerate(stored["ids"])}
-    failures = dict(zip(stored["failed_ids"].tolist(), stored["failed_reasons"].tolist()))
-    for record in records:
-        if record.id in failures:
-            record.drop(f"unreadable: {failures[record.id]}")
-    if failures:
-        example = next(iter(failures.items()))
-        logger.warning(
-            "skipped %d unreadable images (listed in the manifest), for example %s: %s", len(failures), *example
-        )
-
     split_by_group(records, split)
     splits = {name: _stack(records, name, stored, index) for name in SPLITS}
     _check_usable(records, splits)
-    return PreparedData(splits=splits, records=records, cache_key=key, cache_hit=cache_hit, image_size=image_size)
+    return PreparedData(
+        splits=splits,
+        records=records,
+        cache_key=key,
+        cache_hit=cache_hit,
+        image_size=curation.image_size,
+        stage_counts=json.loads(str(stored["stage_counts"])),
+        seconds=time.perf_counter() - started,
+        first_seconds=float(stored["seconds"]),
+        thumbnails=_thumbnails(stored) if keep_thumbnails else None,
+        crops={str(identifier): stored["images"][row] for identifier, row in index.items()} if keep_thumbnails else None,
+    )
 
 
-def _list_source(source: dict[str, Any], data_root: Path) -> list[_Pending]:
-    kind = source["kind"]
-    name = source.get("name") or _default_name(source)
-    if kind == "synthetic":
-        phantoms = generate_synthetic_phantoms(
-            healthy=source["healthy"], pathological=source["pathological"], size=source["size"], seed=source["seed"]
-        )
-        items = []
-        for phantom in phantoms:
-            record = ImageRecord(
-                id=f"{name}/{phantom.case_id}",
-                path=f"synthetic:{phantom.case_id}",
-                source=name,
-                group=phantom.case_id,
-                frame=phantom.case_id,
-                label=PATHOLOGICAL if phantom.pathological else HEALTHY,
-                finding=phantom.lesion_kind,
-                sha256=_array_sha256(phantom.image),
-            )
-            items.append(
-                _Pending(record, image=phantom.image, head_mask=phantom.head_mask, lesion_mask=phantom.lesion_mask)
-            )
-        return items
-
-    folder = resolve_source_path(source["path"], data_root)
-    if kind == "roboflow-multilabel":
-        records = load_roboflow_multilabel(
-            folder, name=name, splits=source["splits"], healthy_label=source["healthy_label"], relative_to=data_root
-        )
-    elif kind == "folder-csv":
-        records = load_folder_csv(
-            folder,
-            name=name,
-            csv_name=source["csv"],
-            file_column=source["file_column"],
-            label_column=source["label_column"],
-            group_column=source["group_column"],
-            healthy_labels=source["healthy_labels"],
-            relative_to=data_root,
-        )
-    else:
-        raise DataSourceError(f"data source kind must be roboflow-multilabel, folder-csv or synthetic, but got {kind!r}")
-    return [_Pending(record, file=data_root / record.path) for record in records]
+def _input_fingerprint(item: PendingImage) -> tuple:
+    record = item.record
+    return (record.id, record.sha256, record.label, record.ga_weeks, record.pixel_spacing_mm, item.dicom_frame)
 
 
-def resolve_source_path(path: str, data_root: Path) -> Path:
-    """Resolve a source path from the spec against the data root (absolute paths stay as they are)."""
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else data_root / candidate
-
-
-def _default_name(source: dict[str, Any]) -> str:
-    if source["kind"] == "synthetic":
-        return "synthetic-phantoms"
-    return Path(source["path"]).name or source["kind"]
-
-
-def _array_sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def _preprocess_all(items: list[_Pending], *, image_size: int, percentile: float) -> dict[str, np.ndarray]:
-    ids, images, head_masks, lesion_masks, has_lesion_mask = [], [], [], [], []
-    failed_ids, failed_reasons = [], []
-    for item in items:
-        try:
-            raw = read_grey(item.file) if item.file is not None else item.image
-            image = preprocess_image(raw, size=image_size, percentile=percentile)
-        except UnreadableImageError as error:
-            failed_ids.append(item.record.id)
-            failed_reasons.append(str(error))
-            continue
-        ids.append(item.record.id)
-        images.append(image)
-        head_masks.append(_resize_mask(item.head_mask, image_size, default=True))
-        lesion_masks.append(_resize_mask(item.lesion_mask, image_size, default=False))
-        has_lesion_mask.append(item.lesion_mask is not None)
-    empty = np.zeros((0, image_size, image_size), dtype=np.float32)
+def _to_arrays(
+    items: list[PendingImage], curated: dict[str, CuratedImage], counts: StageCounts, size: int, seconds: float
+) -> dict[str, np.ndarray]:
+    """Pack the kept images, every record's curation fields, thumbnails and counts for the cache."""
+    kept = [item for item in items if item.record.kept]
+    empty = np.zeros((0, size, size), dtype=np.float32)
+    outputs = [curated[item.record.id] for item in kept]
+    fields = {item.record.id: {name: getattr(item.record, name) for name in CURATED_FIELDS} for item in items}
+    thumbnail_ids = [item.record.id for item in items if item.record.id in curated]
+    thumbnails = np.zeros((len(thumbnail_ids), 96, THUMBNAIL_WIDTH), dtype=np.uint8)
+    thumbnail_masks = np.zeros_like(thumbnails, dtype=bool)
+    widths = np.zeros(len(thumbnail_ids), dtype=np.int32)
+    has_thumbnail_mask = np.zeros(len(thumbnail_ids), dtype=bool)
+    for row, identifier in enumerate(thumbnail_ids):
+        output = curated[identifier]
+        width = min(output.thumbnail.shape[1], THUMBNAIL_WIDTH)
+        widths[row] = width
+        thumbnails[row, :, :width] = output.thumbnail[:, :width]
+        if output.thumbnail_mask is not None:
+            has_thumbnail_mask[row] = True
+            thumbnail_masks[row, :, :width] = output.thumbnail_mask[:, :width]
     return {
-        "ids": np.array(ids, dtype=str),
-        "images": np.stack(images) if images else empty,
-        "head_masks": np.stack(head_masks) if head_masks else empty.astype(bool),
-        "lesion_masks": np.stack(lesion_masks) if lesion_masks else empty.astype(bool),
-        "has_lesion_mask": np.array(has_lesion_mask, dtype=bool),
-        "failed_ids": np.array(failed_ids, dtype=str),
-        "failed_reasons": np.array(failed_reasons, dtype=str),
+        "ids": np.array([item.record.id for item in kept], dtype=str),
+        "images": np.stack([output.image for output in outputs]) if outputs else empty,
+        "head_masks": np.stack([output.head_mask for output in outputs]) if outputs else empty.astype(bool),
+        "lesion_masks": np.stack([_or_empty(output.lesion_mask, size) for output in outputs]) if outputs else empty.astype(bool),
+        "has_lesion_mask": np.array([output.lesion_mask is not None for output in outputs], dtype=bool),
+        "fields": np.array(json.dumps(fields)),
+        "stage_counts": np.array(json.dumps(counts.rows())),
+        "seconds": np.array(seconds),
+        "thumbnail_ids": np.array(thumbnail_ids, dtype=str),
+        "thumbnails": thumbnails,
+        "thumbnail_widths": widths,
+        "thumbnail_masks": thumbnail_masks,
+        "has_thumbnail_mask": has_thumbnail_mask,
     }
 
 
-def _resize_mask(mask: np.ndarray | None, size: int, *, default: bool) -> np.ndarray:
-    if mask is None:
-        return np.full((size, size), default, dtype=bool)
-    return resize_square(mask.astype(np.float32), size, nearest=True) > 0.5
+def _or_empty(mask: np.ndarray | None, size: int) -> np.ndarray:
+    return np.zeros((size, size), dtype=bool) if mask is None else mask
+
+
+def _restore_fields(records: list[ImageRecord], fields: dict[str, dict[str, Any]]) -> None:
+    for record in records:
+        stored = fields.get(record.id)
+        if stored is None:
+            continue
+        reason = stored.pop("reason", "")
+        for name, value in stored.items():
+            setattr(record, name, value)
+        if reason:
+            record.drop(reason)
+
+
+def _warn_unreadable(records: list[ImageRecord]) -> None:
+    unreadable = [record for record in records if record.reason.startswith("unreadable:")]
+    if unreadable:
+        logger.warning(
+            "skipped %d unreadable images (listed in the manifest), for example %s: %s",
+            len(unreadable),
+            unreadable[0].id,
+            unreadable[0].reason.removeprefix("unreadable: "),
+        )
+
+
+def _thumbnails(stored: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    result = {}
+    for row, identifier in enumerate(stored["thumbnail_ids"]):
+        width = int(stored["thumbnail_widths"][row])
+        mask = stored["thumbnail_masks"][row, :, :width] if stored["has_thumbnail_mask"][row] else None
+        result[str(identifier)] = (stored["thumbnails"][row, :, :width], mask)
+    return result
 
 
 def _stack(records: list[ImageRecord], split: str, stored: dict[str, np.ndarray], index: dict[str, int]) -> PreparedSplit:
@@ -233,16 +252,17 @@ def _stack(records: list[ImageRecord], split: str, stored: dict[str, np.ndarray]
 
 def _check_usable(records: list[ImageRecord], splits: dict[str, PreparedSplit]) -> None:
     dropped = Counter(record.reason.split(":")[0] for record in records if not record.kept)
-    summary = ", ".join(f"{count} {reason}" for reason, count in dropped.most_common()) or "none dropped"
+    summary = ", ".join(f"{count} {reason}" for reason, count in dropped.most_common(5)) or "none dropped"
     if len(splits["train"]) == 0:
         raise EmptyDatasetError(
             f"no healthy training images are left after filtering ({len(records)} found; {summary}); "
-            f"check data.sources and data.split"
+            f"check data.sources, data.curation and data.split"
         )
     for name in ("val", "test"):
         labels = splits[name].labels
         if labels.size == 0 or labels.min() == labels.max():
             raise EmptyDatasetError(
                 f"the {name} split needs healthy and pathological images, but has {int((labels == 0).sum())} "
-                f"healthy and {int((labels == 1).sum())} pathological ({summary}); check data.sources and data.split"
+                f"healthy and {int((labels == 1).sum())} pathological ({summary}); check data.sources, "
+                f"data.curation and data.split"
             )

@@ -11,6 +11,10 @@ from PIL import Image, UnidentifiedImageError
 _MODE_MAXIMUM = {"1": 1.0, "L": 255.0, "P": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
 
 
+# ITU-R 601 luma weights, as PIL uses to convert RGB to grey.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 class UnreadableImageError(ValueError):
     """An image file could not be decoded."""
 
@@ -30,6 +34,25 @@ def read_grey(path: Path) -> np.ndarray:
     if maximum is None:  # 32-bit integer or float images: scale by their own maximum
         maximum = float(array.max()) if array.size and array.max() > 0 else 1.0
     return array / maximum
+
+
+def read_frame(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image file as (RGB uint8 (H, W, 3), grey float32 in [0, 1]) from one decode.
+
+    8-bit images keep their colours for SonoNet; grey is their ITU-R 601 luma. Deeper
+    images (16-bit PNG, float TIFF) are read as grey and repeated into the RGB planes.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "P", "L", "1"):
+                rgb = np.asarray(image.convert("RGB"))
+                grey = (rgb.astype(np.float32) @ _LUMA) / 255.0
+                return rgb, np.clip(grey, 0.0, 1.0).astype(np.float32)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"{type(error).__name__}: {error}") from error
+    grey = read_grey(path)
+    return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1), grey
 
 
 def resize_square(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:

@@ -17,12 +17,37 @@ from pathlib import Path
 HEALTHY = "healthy"
 PATHOLOGICAL = "pathological"
 
-MANIFEST_COLUMNS = ("id", "path", "sha256", "source", "group", "frame", "label", "finding", "split", "reason")
+MANIFEST_COLUMNS = (
+    "id",
+    "path",
+    "sha256",
+    "source",
+    "role",
+    "group",
+    "frame",
+    "label",
+    "finding",
+    "split",
+    "reason",
+    "ga_weeks",
+    "ga_source",
+    "pixel_spacing_mm",
+    "hc_mm",
+    "plane",
+    "plane_confidence",
+    "head_uncertainty",
+)
+_OPTIONAL_NUMBERS = ("ga_weeks", "pixel_spacing_mm", "hc_mm", "plane_confidence", "head_uncertainty")
 
 
 @dataclass
 class ImageRecord:
-    """An input image and its fate; ``reason`` is empty while the image is in use."""
+    """An input image, what the curation stages found in it, and its fate.
+
+    ``reason`` is empty while the image is in use. ``role`` says where the source's
+    images may go: ``split`` (shared out by group), ``train`` or ``eval`` (val and test).
+    Numbers a stage did not measure are None.
+    """
 
     id: str
     path: str
@@ -34,6 +59,14 @@ class ImageRecord:
     sha256: str = ""
     split: str = ""
     reason: str = ""
+    role: str = "split"
+    ga_weeks: float | None = None
+    ga_source: str = ""
+    pixel_spacing_mm: float | None = None
+    hc_mm: float | None = None
+    plane: str = ""
+    plane_confidence: float | None = None
+    head_uncertainty: float | None = None
 
     @property
     def kept(self) -> bool:
@@ -63,8 +96,10 @@ def hash_source_file(record: ImageRecord, folder: Path, path: Path) -> None:
     """Store the SHA-256 of the record's file, or drop it if the file is missing or outside ``folder``."""
     if not is_inside(folder, path):
         record.drop("outside the source folder")
-    elif not path.is_file():
+    elif not path.exists():
         record.drop("missing file")
+    elif not path.is_file():
+        record.drop("not a regular file")
     else:
         record.sha256 = file_sha256(path)
 
@@ -98,14 +133,26 @@ def write_manifest(records: list[ImageRecord], path: Path) -> Path:
         writer.writeheader()
         for record in sorted(records, key=lambda r: r.id):
             row = dataclasses.asdict(record)
-            writer.writerow({column: row[column] for column in MANIFEST_COLUMNS})
+            writer.writerow({column: _cell(row[column]) for column in MANIFEST_COLUMNS})
     return path
 
 
 def read_manifest(path: Path) -> list[ImageRecord]:
     """Read a manifest written by :func:`write_manifest`."""
     with open(path, newline="", encoding="utf-8") as handle:
-        return [ImageRecord(**row) for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for column in _OPTIONAL_NUMBERS:
+            row[column] = float(row[column]) if row.get(column) else None
+    return [ImageRecord(**row) for row in rows]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 def summarize(records: list[ImageRecord]) -> dict[str, int]:

@@ -38,17 +38,27 @@ class SplitSettings:
 
 
 def split_by_group(records: list[ImageRecord], settings: SplitSettings) -> None:
-    """Assign ``split`` to every kept record, and drop the images left out by the caps."""
+    """Assign ``split`` to every kept record, and drop the images left out by the caps.
+
+    Groups of ``train``-role sources all go to train, groups of ``eval``-role sources to
+    val or test, and groups of ``split``-role sources are shared out by the fractions.
+    """
     rng = np.random.default_rng(settings.seed)
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for record in records:
         if record.kept:
             groups[record.group].append(record)
 
-    healthy_groups = sorted(name for name, members in groups.items() if all(r.label == HEALTHY for r in members))
-    pathological_groups = sorted(name for name in groups if name not in set(healthy_groups))
-    assignment = _share_healthy_groups(healthy_groups, settings, rng)
-    assignment.update(_share_pathological_groups(pathological_groups, settings, rng))
+    roles = {name: _group_role(name, members) for name, members in groups.items()}
+    healthy = {name for name, members in groups.items() if all(r.label == HEALTHY for r in members)}
+    assignment = {name: "train" for name, role in roles.items() if role == "train"}
+    split_healthy = sorted(name for name in healthy if roles[name] == "split")
+    if split_healthy or not assignment:
+        assignment.update(_share_healthy_groups(split_healthy, settings, rng))
+    eval_healthy = sorted(name for name in healthy if roles[name] == "eval")
+    assignment.update(_share_between_val_and_test(eval_healthy, settings, rng, kind="healthy", required=False))
+    pathological = sorted(name for name in groups if name not in healthy)
+    assignment.update(_share_between_val_and_test(pathological, settings, rng, kind="pathological", required=True))
 
     for name, members in groups.items():
         for record in members:
@@ -60,6 +70,16 @@ def split_by_group(records: list[ImageRecord], settings: SplitSettings) -> None:
         train = sorted((r for r in records if r.kept and r.split == "train"), key=lambda r: r.id)
         for index in sorted(rng.permutation(len(train))[settings.max_train :]):
             train[index].drop(f"not sampled: max_train={settings.max_train}")
+
+
+def _group_role(name: str, members: list[ImageRecord]) -> str:
+    roles = {record.role for record in members}
+    if len(roles) > 1:
+        raise SplitError(
+            f"group {name!r} has images in sources of roles {sorted(roles)}; a group must come from sources "
+            f"of one role, or it could reach training and evaluation at once"
+        )
+    return roles.pop()
 
 
 def _share_healthy_groups(names: list[str], settings: SplitSettings, rng: np.random.Generator) -> dict[str, str]:
@@ -79,11 +99,15 @@ def _share_healthy_groups(names: list[str], settings: SplitSettings, rng: np.ran
     return assignment
 
 
-def _share_pathological_groups(names: list[str], settings: SplitSettings, rng: np.random.Generator) -> dict[str, str]:
+def _share_between_val_and_test(
+    names: list[str], settings: SplitSettings, rng: np.random.Generator, *, kind: str, required: bool
+) -> dict[str, str]:
+    if not names and not required:
+        return {}
     if len(names) < 2:
         raise SplitError(
-            f"found {len(names)} pathological source groups, but val and test each need at least one; "
-            f"add pathological data"
+            f"found {len(names)} {kind} source groups for evaluation, but val and test each need at least one; "
+            f"add {kind} data"
         )
     order = [names[i] for i in rng.permutation(len(names))]
     share = settings.val_fraction / (settings.val_fraction + settings.test_fraction)
