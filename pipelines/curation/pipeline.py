@@ -20,7 +20,7 @@ from pipelines.curation.crop import crop_to_head
 from pipelines.curation.dicom import DicomReadError, is_dicom, read_dicom_frame
 from pipelines.curation.gestational_age import format_ga, ga_in_window, hadlock_ga_weeks
 from pipelines.curation.head_geometry import head_circumference_mm
-from pipelines.curation.segmentation import HeadSegmenter, segment_heads
+from pipelines.curation.segmentation import HeadSegmentation, HeadSegmenter, segment_heads
 from pipelines.curation.sononet import SonoNet, classify_planes, keep_plane
 from pipelines.data.preprocess import UnreadableImageError, normalise_percentile, read_frame, resize_square
 from pipelines.data.records import HEALTHY, PATHOLOGICAL
@@ -310,14 +310,7 @@ def _head_masks(
     for item, result in zip(targets, results):
         item.record.head_uncertainty = result.uncertainty
         masks[item.record.id] = result.mask
-        kind, reason = None, ""
-        if not result.found:
-            kind = reason = "no head found"
-        elif item.record.label in seg.apply_to and result.uncertainty > seg.max_uncertainty:
-            kind = "uncertain mask"
-            reason = f"head mask uncertain: {result.uncertainty:.3f} above {seg.max_uncertainty:.3f}"
-        elif item.record.label in seg.apply_to and seg.drop_border and result.touches_border:
-            kind = reason = "head mask touches the image border"
+        kind, reason = segmentation_outcome(result, item.record.label, seg)
         if kind:
             item.record.drop(reason)
         counts.record("segmentation", kind)
@@ -326,6 +319,19 @@ def _head_masks(
             counts.record("segmentation", None)
             counts.note("segmentation", "with a known head mask")
     return masks
+
+
+def segmentation_outcome(result: HeadSegmentation, label: str, settings: SegmentationSettings) -> tuple[str | None, str]:
+    """Decide on one segmentation: (None, "") keeps the image, else (reason kind, reason)."""
+    if not result.found:
+        return "no head found", "no head found"
+    if label not in settings.apply_to:
+        return None, ""
+    if result.uncertainty > settings.max_uncertainty:
+        return "uncertain mask", f"head mask uncertain: {result.uncertainty:.3f} above {settings.max_uncertainty:.3f}"
+    if settings.drop_border and result.touches_border:
+        return "mask touches border", "head mask touches the image border"
+    return None, ""
 
 
 def _crop(item: PendingImage, frame: _Frame, mask: np.ndarray | None, settings: CurationSettings) -> CuratedImage:
