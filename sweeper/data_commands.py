@@ -61,8 +61,8 @@ def _prepare(spec_path: Path, overrides: tuple[str, ...], data_root: Path | None
 def prepare(spec: Path, overrides: tuple[str, ...], data_root: Path | None) -> None:
     """Run the curation stages of SPEC alone and print what each stage kept and dropped.
 
-    The result is cached under a key of the inputs, settings and weights, so a second
-    run with the same inputs reads it back; the speed-up is printed.
+    The result is cached under a key of the inputs, settings and weights. A second run
+    with the same inputs reads it back and prints how much faster that was.
     """
     with user_errors():
         _, data = _prepare(spec, overrides, data_root, keep_thumbnails=False)

@@ -1,6 +1,6 @@
 """A small record of the driver process next to Tune's state, so readers can tell a live sweep from a dead one.
 
-Tune's experiment state says which trials were RUNNING when it was last saved. If the
+Tune's experiment state records which trials were RUNNING when it was last saved. If the
 driver has since been killed, those trials are not running any more; ``sweep.json``
 lets ``sweeper status`` say so.
 """

@@ -2,7 +2,7 @@
 
 Only pixel data and geometry are read out. Nothing that identifies a patient (names,
 ids, dates, institution) is returned, so no such tag can reach a manifest, a log or
-an MLflow run through this module; error messages name the file path only.
+an MLflow run through this module. Error messages name the file path only.
 """
 
 from __future__ import annotations

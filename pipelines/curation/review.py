@@ -24,7 +24,7 @@ OUTLINE_RGB = (255, 64, 64)
 
 @dataclass(frozen=True)
 class ReviewItem:
-    """What the reviewer sees of one image; optional fields are None when a stage did not run."""
+    """The contents of one review card. Optional fields are None when a stage did not run."""
 
     id: str
     original: np.ndarray

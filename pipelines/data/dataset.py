@@ -169,6 +169,7 @@ def _to_arrays(
     empty = np.zeros((0, size, size), dtype=np.float32)
     outputs = [curated[item.record.id] for item in kept]
     fields = {item.record.id: {name: getattr(item.record, name) for name in CURATED_FIELDS} for item in items}
+
     thumbnail_ids = [item.record.id for item in items if item.record.id in curated]
     thumbnails = np.zeros((len(thumbnail_ids), 96, THUMBNAIL_WIDTH), dtype=np.uint8)
     thumbnail_masks = np.zeros_like(thumbnails, dtype=bool)
@@ -182,6 +183,7 @@ def _to_arrays(
         if output.thumbnail_mask is not None:
             has_thumbnail_mask[row] = True
             thumbnail_masks[row, :, :width] = output.thumbnail_mask[:, :width]
+
     return {
         "ids": np.array([item.record.id for item in kept], dtype=str),
         "images": np.stack([output.image for output in outputs]) if outputs else empty,
