@@ -355,6 +355,11 @@ class DistributionParameter(_Section):
 
 
 def _parameter_kind(value: Any) -> str | None:
+    # Validation sees mappings; serialisation sees the parsed models.
+    if isinstance(value, ValuesParameter):
+        return "values-parameter"
+    if isinstance(value, DistributionParameter):
+        return "distribution-parameter"
     if isinstance(value, dict):
         if "values" in value:
             return "values-parameter"
