@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import auc, precision_recall_curve
 
 from pipelines.metrics.detection import auprc, auroc
 
@@ -17,6 +18,20 @@ def test_auprc_hand_value() -> None:
     # Recall reaches 1/2 at precision 1/1 and 2/2 at precision 2/3, so
     # AP = (1/2 - 0) * 1 + (1 - 1/2) * 2/3 = 1/2 + 1/3 = 5/6.
     assert auprc(LABELS, SCORES) == pytest.approx(5 / 6)
+
+
+def test_auprc_is_not_trapezoidal_area() -> None:
+    # The precision-recall points (recall, precision), from the highest threshold down:
+    # (0, 1), then (1/2, 1) at 0.8, (1/2, 1/2) at 0.4, (1, 2/3) at 0.35 and (1, 1/2) at 0.1.
+    # Trapezoids between them: 1/2 * (1 + 1) / 2 + 0 + 1/2 * (1/2 + 2/3) / 2 + 0 = 1/2 + 7/24 = 19/24.
+    # Average precision takes the precision at the end of each recall step instead:
+    # 1/2 * 1 + 1/2 * 2/3 = 20/24. The two differ by 1/24.
+    precision, recall, _ = precision_recall_curve(LABELS, SCORES)
+    trapezoidal_area = auc(recall, precision)
+
+    assert trapezoidal_area == pytest.approx(19 / 24)
+    assert auprc(LABELS, SCORES) == pytest.approx(20 / 24)
+    assert auprc(LABELS, SCORES) - trapezoidal_area == pytest.approx(1 / 24)
 
 
 def test_auroc_hand_value() -> None:

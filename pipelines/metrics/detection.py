@@ -22,12 +22,14 @@ def auprc(labels: ArrayLike, scores: ArrayLike) -> float:
     """Compute the average precision of ``scores`` for finding anomalous images (label 1).
 
     This is scikit-learn's ``average_precision_score``: the sum over thresholds of precision
-    times the gain in recall, with no interpolation.
+    times the gain in recall, with no interpolation. It is not the trapezoidal area under the
+    precision-recall curve, ``sklearn.metrics.auc(recall, precision)``, which joins the curve's
+    points by straight lines and so gives a different value.
 
     Raises:
         ValueError: if the lengths differ, a label is not 0 or 1, or only one class is present.
     """
-    label_array, score_array = _check_labels_and_scores(labels, scores)
+    label_array, score_array = check_labels_and_scores(labels, scores)
     return float(average_precision_score(label_array, score_array, pos_label=1))
 
 
@@ -37,21 +39,21 @@ def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     Raises:
         ValueError: if the lengths differ, a label is not 0 or 1, or only one class is present.
     """
-    label_array, score_array = _check_labels_and_scores(labels, scores)
+    label_array, score_array = check_labels_and_scores(labels, scores)
     return float(roc_auc_score(label_array, score_array))
 
 
-def _to_numpy(values: ArrayLike) -> np.ndarray:
+def to_numpy(values: ArrayLike) -> np.ndarray:
     """Convert a sequence, array or tensor to a flat NumPy array."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values).reshape(-1)
 
 
-def _check_labels_and_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_labels_and_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Convert both inputs to NumPy and check that they fit a binary detection metric."""
-    label_array = _to_numpy(labels)
-    score_array = _to_numpy(scores).astype(np.float64)
+    label_array = to_numpy(labels)
+    score_array = to_numpy(scores).astype(np.float64)
 
     if label_array.shape != score_array.shape:
         raise ValueError(f"labels and scores must have the same length, but got {label_array.size} labels and {score_array.size} scores")
