@@ -1,15 +1,18 @@
-"""Tests for anomaly maps and image scores on tiny tensors checked by hand."""
+"""Tests for anomaly maps, image scores and per-data-set map normalisation on tiny tensors checked by hand."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from pipelines.metrics.detection import auroc
 from pipelines.metrics.lpips import LPIPS_WEIGHTS_ENV, PerceptualDistance
 from pipelines.metrics.maps import MAP_NAMES, anomaly_maps, image_scores
+from pipelines.metrics.normalise import MapNormalisation, fit_map_normalisation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CKPT_PATH = Path(os.environ.get(LPIPS_WEIGHTS_ENV) or SHARED / "models" / "lpips" / "alexnet.ckpt")
@@ -148,3 +151,122 @@ def test_mask_shape_mismatch_raises() -> None:
 def test_scores_reject_wrong_map_shape() -> None:
     with pytest.raises(ValueError, match=r"maps must have shape \(B, 1, H, W\), but got \(2, 2\)"):
         image_scores(torch.zeros(2, 2), None)
+
+
+# Test split for normalisation: two anomalous maps with a bright lesion on a low background,
+# and two healthy maps with a faint error everywhere. Image scores are map means:
+# 0.325, 0.3125, 0.2 and 0.25, so the anomalous images rank first.
+TEST_MAPS = torch.tensor(
+    [
+        [[[1.0, 0.1], [0.1, 0.1]]],
+        [[[0.8, 0.15], [0.15, 0.15]]],
+        [[[0.2, 0.2], [0.2, 0.2]]],
+        [[[0.25, 0.25], [0.25, 0.25]]],
+    ]
+)
+TEST_LABELS = [1, 1, 0, 0]
+HEALTHY_VALIDATION_MAPS = torch.tensor([[[[0.0, 0.1], [0.2, 0.4]]], [[[0.1, 0.1], [0.3, 0.2]]]])
+
+
+def test_normalisation_keeps_ranking() -> None:
+    masks = torch.ones_like(TEST_MAPS, dtype=torch.bool)
+    normalisation = fit_map_normalisation(HEALTHY_VALIDATION_MAPS, percentile=99.0)
+    raw_scores = image_scores(TEST_MAPS, masks)
+
+    data_set_scores = image_scores(normalisation.apply(TEST_MAPS), masks)
+
+    # Each image divided by its own 99th percentile: the anomalous maps score 0.33 and 0.40,
+    # because one bright pixel sets their scale, and each healthy map becomes all ones (score 1).
+    # The ranking flips.
+    per_image_scale = torch.quantile(TEST_MAPS.flatten(start_dim=1), 0.99, dim=1).view(-1, 1, 1, 1)
+    per_image_scores = image_scores(TEST_MAPS / per_image_scale, masks)
+
+    assert auroc(TEST_LABELS, raw_scores) == 1.0
+    assert torch.equal(torch.argsort(data_set_scores), torch.argsort(raw_scores))
+    assert auroc(TEST_LABELS, data_set_scores) == 1.0
+    assert auroc(TEST_LABELS, per_image_scores) == 0.0
+
+
+def test_normalisation_hand_scale() -> None:
+    # The 8 healthy values sorted: 0, 0.1, 0.1, 0.1, 0.2, 0.2, 0.3, 0.4. The maximum is 0.4, and
+    # the median, by linear interpolation, is halfway between 0.1 and 0.2.
+    assert fit_map_normalisation(HEALTHY_VALIDATION_MAPS, percentile=100.0).scale == pytest.approx(0.4)
+    assert fit_map_normalisation(HEALTHY_VALIDATION_MAPS, percentile=50.0).scale == pytest.approx(0.15)
+
+
+def test_normalisation_fits_normal_images_only() -> None:
+    maps = torch.cat([HEALTHY_VALIDATION_MAPS, torch.full((1, 1, 2, 2), 10.0)])
+
+    normalisation = fit_map_normalisation(maps, labels=[0, 0, 1], percentile=100.0)
+
+    assert normalisation == MapNormalisation(scale=pytest.approx(0.4), percentile=100.0, n_images=2)
+
+
+def test_normalisation_inside_masks() -> None:
+    maps = HEALTHY_VALIDATION_MAPS.clone()
+    maps[0, 0, 0, 0] = float("nan")
+    maps[1, 0, 0, 0] = 5.0
+    masks = torch.ones_like(maps, dtype=torch.bool)
+    masks[:, 0, 0, 0] = False
+
+    normalisation = fit_map_normalisation(maps, masks=masks, percentile=100.0)
+
+    assert normalisation.scale == pytest.approx(0.4)
+
+
+def test_normalisation_applies_to_other_splits() -> None:
+    normalisation = fit_map_normalisation(HEALTHY_VALIDATION_MAPS.numpy(), percentile=100.0)
+
+    normalised_tensor = normalisation.apply(TEST_MAPS)
+    normalised_array = normalisation.apply(TEST_MAPS.numpy())
+
+    assert isinstance(normalised_tensor, torch.Tensor)
+    assert isinstance(normalised_array, np.ndarray)
+    torch.testing.assert_close(normalised_tensor, TEST_MAPS / 0.4)
+    np.testing.assert_allclose(normalised_array, TEST_MAPS.numpy() / 0.4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("percentile", [0.0, -1.0, 100.5])
+def test_normalisation_bad_percentile_raises(percentile: float) -> None:
+    with pytest.raises(ValueError, match=r"percentile must be in \(0, 100\]"):
+        fit_map_normalisation(HEALTHY_VALIDATION_MAPS, percentile=percentile)
+
+
+def test_normalisation_zero_maps_raise() -> None:
+    with pytest.raises(ValueError, match=r"the 99.0th percentile of the maps must be positive to serve as a scale, but got 0.0"):
+        fit_map_normalisation(torch.zeros(2, 1, 2, 2))
+
+
+def test_normalisation_empty_masks_raise() -> None:
+    masks = torch.zeros_like(HEALTHY_VALIDATION_MAPS, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match=r"the masks of the selected images must contain at least one pixel"):
+        fit_map_normalisation(HEALTHY_VALIDATION_MAPS, masks=masks)
+
+
+def test_normalisation_nan_inside_mask_raises() -> None:
+    maps = HEALTHY_VALIDATION_MAPS.clone()
+    maps[0, 0, 1, 1] = float("nan")
+
+    with pytest.raises(ValueError, match=r"maps must be finite inside the masks, but got 1 NaN"):
+        fit_map_normalisation(maps)
+
+
+def test_normalisation_float_masks_raise() -> None:
+    with pytest.raises(ValueError, match=r"masks must be boolean, but got dtype float32"):
+        fit_map_normalisation(HEALTHY_VALIDATION_MAPS, masks=torch.ones_like(HEALTHY_VALIDATION_MAPS))
+
+
+def test_normalisation_all_anomalous_raises() -> None:
+    with pytest.raises(ValueError, match=r"labels must include at least one normal \(0\) image"):
+        fit_map_normalisation(HEALTHY_VALIDATION_MAPS, labels=[1, 1])
+
+
+def test_normalisation_label_count_raises() -> None:
+    with pytest.raises(ValueError, match=r"labels must give one label per map, but got 3 labels for 2 maps"):
+        fit_map_normalisation(HEALTHY_VALIDATION_MAPS, labels=[0, 0, 1])
+
+
+def test_normalisation_no_images_raise() -> None:
+    with pytest.raises(ValueError, match=r"maps must have at least one image"):
+        fit_map_normalisation(np.zeros((0, 1, 2, 2)))

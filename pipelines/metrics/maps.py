@@ -1,4 +1,4 @@
-"""Anomaly maps from images and their reconstructions, and anomaly scores as map means inside a mask.
+"""Anomaly maps from images and their reconstructions, anomaly scores as map means inside a mask, and mask checks.
 
 Example:
     >>> import torch
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 from pipelines.metrics.image import check_image_pair
@@ -122,3 +123,21 @@ def _spatial_lpips(
     if lpips_map.shape != images.shape:
         raise ValueError(f"distance must return a map of shape {tuple(images.shape)}, but returned {tuple(lpips_map.shape)}")
     return lpips_map
+
+
+def as_numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Return a NumPy view of an array, or a CPU copy of a tensor, with its shape unchanged."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def check_boolean_mask(mask: np.ndarray | torch.Tensor, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Convert ``mask`` to NumPy and raise ``ValueError`` unless it is boolean and of the maps' ``shape``."""
+    array = as_numpy(mask)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have the shape of maps {shape}, but got {array.shape}")
+
+    if array.dtype != np.bool_:
+        raise ValueError(f"{name} must be boolean, but got dtype {array.dtype}. Threshold it first, for example {name} > 0.5")
+    return array

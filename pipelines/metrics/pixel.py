@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from sklearn.metrics import precision_recall_curve
 
+from pipelines.metrics.maps import as_numpy, check_boolean_mask
+
 MapArray = np.ndarray | torch.Tensor
 
 
@@ -67,14 +69,14 @@ def pixel_metrics(maps: MapArray, lesion_masks: MapArray, *, region_masks: MapAr
             the region, the region contains no lesion pixel or no normal pixel, or a map value in
             the region is NaN or infinite.
     """
-    score_array = _to_numpy(maps)
-    lesion_array = _boolean_mask(lesion_masks, "lesion_masks", score_array.shape)
+    score_array = as_numpy(maps)
+    lesion_array = check_boolean_mask(lesion_masks, "lesion_masks", score_array.shape)
 
     # 1. Keep the pixels inside the region, flattened; a copy only as large as the region.
     if region_masks is None:
         scores, labels = score_array.reshape(-1), lesion_array.reshape(-1)
     else:
-        region_array = _boolean_mask(region_masks, "region_masks", score_array.shape)
+        region_array = check_boolean_mask(region_masks, "region_masks", score_array.shape)
         outside = int(np.count_nonzero(lesion_array & ~region_array))
         if outside:
             raise ValueError(
@@ -103,24 +105,6 @@ def pixel_metrics(maps: MapArray, lesion_masks: MapArray, *, region_masks: MapAr
         n_pixels=int(labels.size),
         n_lesion_pixels=int(np.count_nonzero(labels)),
     )
-
-
-def _to_numpy(values: MapArray) -> np.ndarray:
-    """Return a NumPy view of an array or a CPU copy of a tensor."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _boolean_mask(mask: MapArray, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Convert ``mask`` to NumPy and check that it is boolean and of the maps' shape."""
-    array = _to_numpy(mask)
-    if array.shape != shape:
-        raise ValueError(f"{name} must have the shape of maps {shape}, but got {array.shape}")
-
-    if array.dtype != np.bool_:
-        raise ValueError(f"{name} must be boolean, but got dtype {array.dtype}. Threshold it first, for example {name} > 0.5")
-    return array
 
 
 def _check_pixels(scores: np.ndarray, labels: np.ndarray) -> None:
