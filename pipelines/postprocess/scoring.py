@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pipelines.metrics.maps import image_scores
+from pipelines.metrics.maps import check_boolean_mask, image_scores
 
 ScoreName = Literal["mean", "max", "percentile", "top_k"]
 SCORE_NAMES: tuple[ScoreName, ...] = get_args(ScoreName)
@@ -114,13 +114,7 @@ def _per_image(maps: np.ndarray, masks: np.ndarray | None, aggregate: Callable[[
     if masks is None:
         return np.array([aggregate(row) for row in flat_maps], dtype=np.float64)
 
-    if masks.shape != maps.shape:
-        raise ValueError(f"masks must have the shape of maps {maps.shape}, but got {masks.shape}")
-
-    if masks.dtype != np.bool_:
-        raise ValueError(f"masks must be boolean, but got dtype {masks.dtype}. Threshold them first, for example masks > 0.5")
-
-    flat_masks = masks.reshape(masks.shape[0], -1)
+    flat_masks = check_boolean_mask(masks, "masks", maps.shape).reshape(maps.shape[0], -1)
     empty = np.flatnonzero(~flat_masks.any(axis=1)).tolist()
     if empty:
         raise ValueError(f"every mask must select at least one pixel, but the masks of images {empty} are empty. Check the head masks")
