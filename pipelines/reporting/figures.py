@@ -1,12 +1,16 @@
-"""Figures: example reconstructions and anomaly maps per cell, and AUPRC/AUROC against t."""
+"""Figures: example reconstructions and anomaly maps per cell, panels of them, and AUPRC/AUROC against t."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; no display is needed
+import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -65,20 +69,54 @@ def cell_examples_figure(outputs: CellOutputs, *, per_label: int = 3, title: str
     return figure
 
 
-def auc_against_t_figure(summaries: list[CellSummary], *, split: str = "test", stride: int = 1) -> Figure:
-    """Plot AUPRC and AUROC against the noise level t, one line per method and noise type."""
-    lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+def examples_panel_figure(panels: Sequence[tuple[str, Path]], *, title: str = "") -> Figure:
+    """Stack saved example figures (PNG files, such as ``cell_examples_figure``'s) into one figure, each under its caption."""
+    if not panels:
+        raise ValueError("panels must list at least one (caption, PNG path) pair, but got none")
+    images = [matplotlib.image.imread(path) for _, path in panels]
+    width = 8.0
+    heights = [width * image.shape[0] / image.shape[1] for image in images]
+    figure, axes = plt.subplots(
+        len(images), 1, figsize=(width, sum(heights) + 0.4 * len(images)), squeeze=False, height_ratios=heights
+    )
+    for axis, image, (caption, _) in zip(axes[:, 0], images, panels, strict=True):
+        axis.imshow(image)
+        axis.set_axis_off()
+        axis.set_title(caption, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def auc_against_t_figure(summaries: list[CellSummary], *, split: str = "test", stride: int = 1, title: str = "") -> Figure:
+    """Plot AUPRC and AUROC against the noise level t, one line per method and noise type.
+
+    Shaded bands show each summary's bootstrap interval. For a summary pooled over several
+    seeds the line is the mean and the band spans the lowest lower bound to the highest upper
+    bound of the seeds' intervals. Points without an interval get no band.
+    """
+    lines: dict[str, list[tuple[int, CellSummary]]] = defaultdict(list)
     for summary in summaries:
         if summary.split == split:
             family = summary.cell.label(stride).split("(")[0]
-            lines[family].append((summary.cell.t * stride, summary.metrics["auprc"], summary.metrics["auroc"]))
+            lines[family].append((summary.cell.t * stride, summary))
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    levels: set[float] = set()
     for family, points in sorted(lines.items()):
-        points.sort()
-        steps = [p[0] for p in points]
-        left.plot(steps, [100 * p[1] for p in points], marker="o", label=family)
-        right.plot(steps, [100 * p[2] for p in points], marker="o", label=family)
+        points.sort(key=lambda point: point[0])
+        steps = [step for step, _ in points]
+        for axis, metric in ((left, "auprc"), (right, "auroc")):
+            values = [100 * summary.metrics.get(metric, math.nan) for _, summary in points]
+            (line,) = axis.plot(steps, values, marker="o", label=family)
+            bands = [_band(summary, metric) for _, summary in points]
+            if any(band is not None for band in bands):
+                low = [100 * band[0] if band is not None else math.nan for band in bands]
+                high = [100 * band[1] if band is not None else math.nan for band in bands]
+                axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+                levels.update(band[2] for band in bands if band is not None)
+
     x_label = "noise level t" if stride == 1 else f"noise level t (reference chain, model step × {stride})"
     for axis, name in ((left, "AUPRC"), (right, "AUROC")):
         axis.set_xlabel(x_label)
@@ -87,6 +125,23 @@ def auc_against_t_figure(summaries: list[CellSummary], *, split: str = "test", s
         axis.grid(alpha=0.3)
     right.axhline(50, color="grey", linestyle=":", linewidth=1)
     left.legend(fontsize=7)
-    figure.suptitle(f"Detection against noise level ({split} split)", fontsize=9)
+    heading = title or f"Detection against noise level ({split} split)"
+    if levels:
+        shown = ", ".join(f"{100 * level:g}%" for level in sorted(levels))
+        heading += f"\nbands: {shown} bootstrap intervals"
+        if any(len(summary.seeds) >= 2 for points in lines.values() for _, summary in points):
+            heading += " (several seeds: lowest to highest bound over seeds)"
+    figure.suptitle(heading, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def _band(summary: CellSummary, metric: str) -> tuple[float, float, float] | None:
+    """Return the low and high bound and level of the band around one point, or None without an interval."""
+    interval = summary.intervals.get(metric)
+    if interval is not None:
+        return interval.low, interval.high, interval.level
+    intervals = [run.intervals[metric] for run in summary.seeds if metric in run.intervals]
+    if not intervals:
+        return None
+    return min(i.low for i in intervals), max(i.high for i in intervals), intervals[0].level
