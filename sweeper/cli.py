@@ -13,6 +13,7 @@ import click
 from sweeper.data_commands import data_group
 from sweeper.errors import user_errors
 from sweeper.mlflow_commands import mlflow_group
+from sweeper.report import report_command
 from sweeper.weights_commands import weights_group
 
 
@@ -97,6 +98,7 @@ def status(name: str, storage: Path | None) -> None:
 cli.add_command(data_group)
 cli.add_command(mlflow_group)
 cli.add_command(weights_group)
+cli.add_command(report_command)
 
 # Nothing the CLI starts reports usage to outside hosts unless the user opts back in, and
 # MLflow prints no "View run" link per run (the CLI prints the experiment's URL once).

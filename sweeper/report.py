@@ -1,0 +1,98 @@
+"""``sweeper report``: the tables and figures of a sweep, written from its results files alone.
+
+It reads the files that trials write under ``<storage>/<name>/results``, and Tune's state
+file where one exists to count trials that have written nothing yet. It starts no Ray and
+contacts no MLflow server, so it works on any machine that can read the storage folder,
+while the sweep runs, after it ends, or after it was interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sweeper.paths import default_storage
+from sweeper.status import NAME_PATTERN, SweepNotFoundError, sweep_status
+
+RESULTS_FOLDER = "results"  # the same name as pipelines.reporting.results, which imports PyTorch
+
+
+@click.command("report")
+@click.argument("name")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder the sweep was launched with (default: ~/.sweeper/sweeps).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to write the report to (default: <storage>/NAME/report).")
+@click.option("--split", default="test", show_default=True, help="Split the tables report; Table 1 chooses t on the validation split.")
+def report_command(name: str, storage: Path | None, out: Path | None, split: str) -> None:
+    """Write the tables and figures of sweep NAME and print its Table 1.
+
+    Tables come as Markdown, CSV and LaTeX, with AUPRC and AUROC x100 and their bootstrap
+    intervals, such as 85.2 [78.1, 91.0]. Trials that differ only in training.seed are
+    pooled: mean ± std over seeds, the number of seeds, and each seed's interval. Table 1
+    chooses t per method and noise type on validation AUPRC and reports the chosen t on
+    --split. Figures show AUPRC and AUROC against t with interval bands, and example
+    images. A sweep that is still running or was interrupted is reported as far as it got,
+    with cells not yet evaluated marked "—". Needs no running Ray or MLflow.
+    """
+    folder = find_sweep(name, storage)
+    # Imported here because the reporting modules import PyTorch, which slows every other command.
+    from pipelines.reporting.report import available_splits, sweep_progress, write_report
+    from pipelines.reporting.results import load_sweep_results
+    from pipelines.reporting.tables import to_markdown
+
+    results = load_sweep_results(folder / RESULTS_FOLDER)
+    for warning in results.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    splits = available_splits(results)
+    if splits and split not in splits:
+        raise click.ClickException(f"split {split!r} has no results in sweep {name!r}; pass --split with one of: {', '.join(splits)}")
+
+    progress = sweep_progress(results, _tune_states(name, storage))
+    written = write_report(results, (out or folder / "report").expanduser(), sweep=name, split=split, progress=progress)
+    click.echo(f"Sweep {name}, {split} split. {progress.text()}")
+    for group, table in written.table1:
+        seeds = ", ".join(str(seed) for seed in group.seeds)
+        click.echo(f"\nTable 1, {group.label} (seeds {seeds}):\n")
+        click.echo(to_markdown(table), nl=False)
+    click.echo("\nWrote:")
+    for path in written.paths:
+        click.echo(f"  {path}")
+
+
+def find_sweep(name: str, storage: Path | None) -> Path:
+    """Return the folder of sweep ``name``, or raise a one-line error that lists the sweeps in the storage folder."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise click.ClickException(f"sweep name {name!r} is invalid; use the name the sweep was launched with, not a path")
+    root = (storage or default_storage()).expanduser()
+    folder = root / name
+    if not _is_sweep(folder):
+        existing = ", ".join(sweep.name for sweep in list_sweeps(root)) or "none"
+        raise click.ClickException(
+            f"no sweep {name!r} in {str(root)!r} (sweeps there: {existing}); "
+            "check the name, or pass the --storage the sweep was launched with"
+        )
+    if not (folder / RESULTS_FOLDER).is_dir():
+        raise click.ClickException(
+            f"sweep {name!r} in {str(folder)!r} has no {RESULTS_FOLDER}/ folder yet; "
+            "its trials create it when they start, so try again once a trial runs"
+        )
+    return folder
+
+
+def list_sweeps(root: Path) -> list[Path]:
+    """List the sweep folders in a storage folder: those with a Tune state file or results files."""
+    if not root.is_dir():
+        return []
+    return sorted(folder for folder in root.iterdir() if _is_sweep(folder))
+
+
+def _is_sweep(folder: Path) -> bool:
+    return folder.is_dir() and ((folder / RESULTS_FOLDER).is_dir() or any(folder.glob("experiment_state-*.json")))
+
+
+def _tune_states(name: str, storage: Path | None) -> dict[str, str]:
+    """Read Tune's state of every trial, or nothing where the sweep has no readable Tune state file."""
+    try:
+        return {row["trial_id"]: row["state"] for row in sweep_status(name, storage)}
+    except SweepNotFoundError:
+        return {}
