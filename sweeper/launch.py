@@ -180,13 +180,17 @@ def _start_sweep_run(tracking: Any, launch: PreparedLaunch, data: Any) -> tuple[
 
 
 def _lpips_weights_path(options: LaunchOptions, spec: SweepSpec) -> Path:
-    """Resolve evaluation.lpips_weights (relative to the spec file) or $SWEEPER_LPIPS_WEIGHTS."""
+    """Find the LPIPS weights: evaluation.lpips_weights, $SWEEPER_LPIPS_WEIGHTS, torchvision's cache, or the fetched file.
+
+    A relative evaluation.lpips_weights resolves against the spec file's folder. The fetched
+    file is the one that ``sweeper weights fetch lpips`` writes to its default folder.
+    """
     from pipelines.metrics.lpips import resolve_lpips_weights
+    from sweeper.weights import default_lpips_weights_path
 
     configured = spec.evaluation.lpips_weights
-    if configured is None:
-        return resolve_lpips_weights(None).resolve()
-    return resolve_lpips_weights(resolve_spec_path(configured, options.spec_path)).resolve()
+    explicit = None if configured is None else resolve_spec_path(configured, options.spec_path)
+    return resolve_lpips_weights(explicit, fetched_path=default_lpips_weights_path()).resolve()
 
 
 def resolve_data_root(options: LaunchOptions, spec: SweepSpec) -> Path:
