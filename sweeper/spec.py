@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 Method = Literal["anoddpm", "autoddpm"]
 NoiseType = Literal["gaussian", "simplex"]
 AnomalyMap = Literal["mae", "lpips", "mae_lpips"]
+# The post-processing search may also use AutoDDPM's own map, on AutoDDPM cells.
+PostprocessMap = Literal["mae", "lpips", "mae_lpips", "autoddpm"]
 EvalSplit = Literal["val", "test"]
 
 # Smallest image side that LPIPS's AlexNet trunk accepts (lpips 0.1.4); every cell logs LPIPS.
@@ -318,6 +320,46 @@ class AutoDDPMSpec(_Section):
     dilation_iterations: int = Field(1, ge=0)
 
 
+class PostprocessSpec(_Section):
+    """The Optuna search of anomaly map, smoothing, head mask, image score and threshold, fitted on validation."""
+
+    enabled: bool = True
+    n_trials: int = Field(60, ge=1, le=10000)
+    objective: Literal["auprc", "auroc"] = "auprc"
+    threshold: Literal["f1", "youden"] = "f1"
+    maps: list[PostprocessMap] = Field(default_factory=lambda: ["mae", "lpips", "mae_lpips", "autoddpm"], min_length=1)
+    sigmas: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0], min_length=1)
+    scores: list[Literal["mean", "max", "percentile", "top_k"]] = Field(
+        default_factory=lambda: ["mean", "max", "percentile", "top_k"], min_length=1
+    )
+    percentiles: list[float] = Field(default_factory=lambda: [95.0, 99.0], min_length=1)
+    top_k_percents: list[float] = Field(default_factory=lambda: [1.0, 5.0, 10.0], min_length=1)
+    head_mask: list[bool] = Field(default_factory=lambda: [True, False], min_length=1)
+    storage: str | None = Field(None, description="An Optuna RDB URL; default: a journal file in the trial folder.")
+
+    @field_validator("sigmas")
+    @classmethod
+    def _non_negative_sigmas(cls, sigmas: list[float]) -> list[float]:
+        if any(sigma < 0 for sigma in sigmas):
+            raise ValueError("expected smoothing sigmas of 0 (no smoothing) or more pixels")
+        return sigmas
+
+    @field_validator("percentiles", "top_k_percents")
+    @classmethod
+    def _percent_range(cls, values: list[float]) -> list[float]:
+        if any(not 0 < value <= 100 for value in values):
+            raise ValueError("expected percentages above 0 and at most 100")
+        return values
+
+
+class BootstrapSpec(_Section):
+    """Bootstrap confidence intervals: stratified by label, resampled by group, seeded."""
+
+    n_resamples: int = Field(2000, ge=100, le=100000)
+    level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+
+
 class EvaluationSpec(_Section):
     methods: dict[Method, list[NoiseType]] = Field(
         default_factory=lambda: {"anoddpm": ["gaussian", "simplex"], "autoddpm": ["gaussian"]}
@@ -331,6 +373,8 @@ class EvaluationSpec(_Section):
     figure_examples: int = Field(3, ge=0, le=16)
     lpips_weights: str | None = None
     seed: int = 0
+    postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
 
 
 # --- search, resources, tracking -------------------------------------------------------
@@ -378,10 +422,16 @@ SearchParameter = Annotated[
 ]
 
 
+# Values a trial reports at its end that an adaptive searcher (Optuna) can optimise.
+SearchMetric = Literal["best_val_auprc", "best_val_auroc"]
+
+
 class SearchSpec(_Section):
-    sampling: Literal["grid", "random"] = "grid"
+    sampling: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, le=10000)
     seed: int = 0
+    metric: SearchMetric = "best_val_auprc"
+    mode: Literal["max", "min"] = "max"
     parameters: dict[str, SearchParameter] = Field(default_factory=dict)
 
 
@@ -578,6 +628,16 @@ def check_consistency(spec: SweepSpec) -> None:
         raise SpecError(
             f"spec field 'evaluation.autoddpm.t_inpaint': got {evaluation.autoddpm.t_inpaint}, "
             f"expected at most model.T ({model.T})"
+        )
+    if evaluation.postprocess.enabled and not {"val", "test"} <= set(evaluation.splits):
+        raise SpecError(
+            f"spec field 'evaluation.splits': got {evaluation.splits}, but the post-processing search fits on 'val' "
+            "and reports on 'test'; add both, or set evaluation.postprocess.enabled: false"
+        )
+    if spec.search.sampling == "optuna" and "val" not in evaluation.splits:
+        raise SpecError(
+            f"spec field 'search.sampling': got 'optuna', which optimises {spec.search.metric} on the 'val' split, "
+            f"but evaluation.splits is {evaluation.splits}; add 'val'"
         )
     if evaluation.score_map not in evaluation.anomaly_maps:
         raise SpecError(

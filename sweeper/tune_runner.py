@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 import mlflow_server
 import pipelines
 import sweeper
 import trainables
+from pipelines.reporting.results import RESULTS_FOLDER
 from sweeper.search_space import param_space
 from sweeper.spec import SpecError, SweepSpec
 from trainables.trial import SweepContext, run_trial
@@ -90,7 +92,11 @@ def run_tuner(
     """Run every trial of the sweep on the connected Ray and return a summary of their states."""
     spec = launch.spec
     context = SweepContext(
-        sweep_name=spec.name, tracking_uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id
+        sweep_name=spec.name,
+        tracking_uri=tracking.uri,
+        experiment_id=experiment_id,
+        sweep_run_id=sweep_run_id,
+        results_dir=str(launch.storage / spec.name / RESULTS_FOLDER),
     )
     trainable = tune.with_parameters(
         run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
@@ -101,7 +107,7 @@ def run_tuner(
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             num_samples=spec.search.num_samples,
-            search_alg=BasicVariantGenerator(random_state=spec.search.seed),
+            search_alg=build_search_alg(spec),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(launch.storage), verbose=1),
@@ -109,6 +115,20 @@ def run_tuner(
     with _sigterm_as_interrupt():
         results = tuner.fit()
     return summarize_results(results)
+
+
+def build_search_alg(spec: SweepSpec) -> Searcher | BasicVariantGenerator:
+    """Return the outer searcher: Tune's variant generator for grid and random sampling, or Optuna's TPE.
+
+    Optuna proposes training hyperparameters from the trials already finished, optimising
+    ``search.metric`` (a value every trial reports at its end). Tune saves the searcher with the
+    experiment, so a restored sweep keeps every observation it had.
+    """
+    if spec.search.sampling != "optuna":
+        return BasicVariantGenerator(random_state=spec.search.seed)
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.search.seed)
 
 
 @contextmanager
