@@ -15,15 +15,37 @@ from pathlib import Path
 from typing import Any
 
 STATE_FILE = "sweep.json"
+TRACKING_FILE = "tracking.json"
 
 
 def write_driver_state(folder: Path, status: str) -> None:
     """Record ``status`` (running, finished, failed or interrupted) with this process's pid and host."""
-    folder.mkdir(parents=True, exist_ok=True)
     state = {"status": status, "pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time()}
-    temporary = folder / f".{STATE_FILE}.partial"
-    temporary.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(temporary, folder / STATE_FILE)
+    _write_json(folder / STATE_FILE, state)
+
+
+def write_tracking_record(folder: Path, *, uri: str, experiment_id: str, sweep_run_id: str) -> None:
+    """Record where the sweep logs in MLflow, so `sweeper report` and `sweeper resume` find its runs."""
+    _write_json(folder / TRACKING_FILE, {"uri": uri, "experiment_id": experiment_id, "sweep_run_id": sweep_run_id})
+
+
+def read_tracking_record(folder: Path) -> dict[str, str] | None:
+    """Return the recorded MLflow location of the sweep, or None when there is none or it is unreadable."""
+    try:
+        record = json.loads((folder / TRACKING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("uri", "experiment_id", "sweep_run_id")):
+        return None
+    return record
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.partial"
+    temporary.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def read_driver_state(folder: Path) -> dict[str, Any] | None:

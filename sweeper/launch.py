@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.data_setup import prepare_data, resolve_spec_path
-from sweeper.driver_state import write_driver_state
+from sweeper.driver_state import write_driver_state, write_tracking_record
 from sweeper.paths import default_cache_dir, default_storage
 from sweeper.search_space import check_search_space, count_trials
 from sweeper.spec import SpecError, SweepSpec, load_yaml, parse_override, set_dotted, validate
@@ -129,6 +129,7 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
         status = "FAILED"
         sweep_folder = launch.storage / spec.name
         write_driver_state(sweep_folder, "running")
+        write_tracking_record(sweep_folder, uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id)
         try:
             summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id)
             if summary["errored"]:

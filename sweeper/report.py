@@ -1,19 +1,26 @@
-"""``sweeper report``: the tables and figures of a sweep, written from its results files alone.
+"""``sweeper report``: the tables and figures of a sweep, from its MLflow runs or its storage folder.
 
-It reads the files that trials write under ``<storage>/<name>/results``, and Tune's state
-file where one exists to count trials that have written nothing yet. It starts no Ray and
-contacts no MLflow server, so it works on any machine that can read the storage folder,
-while the sweep runs, after it ends, or after it was interrupted.
+Every trial logs one results file per trial and per grid cell to its MLflow runs and
+writes the same files under ``<storage>/<name>/results``. The report reads them from MLflow
+by default (``--source files`` reads the folder instead, with no server), and Tune's state
+file where one exists to count trials that have written nothing yet. It starts no Ray, so
+it works while the sweep runs, after it ends, or after it was interrupted.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sweeper.paths import default_storage
+from sweeper.report_source import results_from_mlflow
 from sweeper.status import NAME_PATTERN, SweepNotFoundError, sweep_status
+
+if TYPE_CHECKING:
+    from pipelines.reporting.results import SweepResults
 
 RESULTS_FOLDER = "results"  # the same name as pipelines.reporting.results, which imports PyTorch
 
@@ -23,7 +30,15 @@ RESULTS_FOLDER = "results"  # the same name as pipelines.reporting.results, whic
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder the sweep was launched with (default: ~/.sweeper/sweeps).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Folder to write the report to (default: <storage>/NAME/report).")
 @click.option("--split", default="test", show_default=True, help="Split the tables report; Table 1 chooses t on the validation split.")
-def report_command(name: str, storage: Path | None, out: Path | None, split: str) -> None:
+@click.option(
+    "--source",
+    type=click.Choice(["mlflow", "files"]),
+    default="mlflow",
+    show_default=True,
+    help="Read the results from the sweep's MLflow runs, or from its storage folder alone.",
+)
+@click.option("--tracking-uri", help="MLflow server to read from (default: the one the sweep logged to).")
+def report_command(name: str, storage: Path | None, out: Path | None, split: str, source: str, tracking_uri: str | None) -> None:
     """Write the tables and figures of sweep NAME and print its Table 1.
 
     Tables come as Markdown, CSV and LaTeX, with AUPRC and AUROC x100 and their bootstrap
@@ -32,15 +47,25 @@ def report_command(name: str, storage: Path | None, out: Path | None, split: str
     chooses t per method and noise type on validation AUPRC and reports the chosen t on
     --split. Figures show AUPRC and AUROC against t with interval bands, and example
     images. A sweep that is still running or was interrupted is reported as far as it got,
-    with cells not yet evaluated marked "—". Needs no running Ray or MLflow.
+    with cells not yet evaluated marked "—". Needs no running Ray; --source files needs no MLflow.
     """
-    folder = find_sweep(name, storage)
+    folder = find_sweep(name, storage, need_results=source == "files")
     # Imported here because the reporting modules import PyTorch, which slows every other command.
-    from pipelines.reporting.report import available_splits, sweep_progress, write_report
     from pipelines.reporting.results import load_sweep_results
+
+    with tempfile.TemporaryDirectory(prefix="sweeper-report-") as download:
+        if source == "mlflow":
+            results = load_sweep_results(results_from_mlflow(folder, Path(download), tracking_uri=tracking_uri))
+        else:
+            results = load_sweep_results(folder / RESULTS_FOLDER)
+        _write(name, storage, out, split, folder, results)
+
+
+def _write(name: str, storage: Path | None, out: Path | None, split: str, folder: Path, results: SweepResults) -> None:
+    """Write the report of ``results`` and print its Table 1 and the files written."""
+    from pipelines.reporting.report import available_splits, sweep_progress, write_report
     from pipelines.reporting.tables import to_markdown
 
-    results = load_sweep_results(folder / RESULTS_FOLDER)
     for warning in results.warnings:
         click.echo(f"warning: {warning}", err=True)
     splits = available_splits(results)
@@ -59,7 +84,7 @@ def report_command(name: str, storage: Path | None, out: Path | None, split: str
         click.echo(f"  {path}")
 
 
-def find_sweep(name: str, storage: Path | None) -> Path:
+def find_sweep(name: str, storage: Path | None, *, need_results: bool = True) -> Path:
     """Return the folder of sweep ``name``, or raise a one-line error that lists the sweeps in the storage folder."""
     if not NAME_PATTERN.fullmatch(name):
         raise click.ClickException(f"sweep name {name!r} is invalid; use the name the sweep was launched with, not a path")
@@ -71,7 +96,7 @@ def find_sweep(name: str, storage: Path | None) -> Path:
             f"no sweep {name!r} in {str(root)!r} (sweeps there: {existing}); "
             "check the name, or pass the --storage the sweep was launched with"
         )
-    if not (folder / RESULTS_FOLDER).is_dir():
+    if need_results and not (folder / RESULTS_FOLDER).is_dir():
         raise click.ClickException(
             f"sweep {name!r} in {str(folder)!r} has no {RESULTS_FOLDER}/ folder yet; "
             "its trials create it when they start, so try again once a trial runs"

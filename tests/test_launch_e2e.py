@@ -7,6 +7,7 @@ back through MlflowClient and `sweeper status`.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -32,6 +33,8 @@ SHRINK = [
     "data.split.max_val.healthy=6",
     "data.split.max_val.pathological=6",
     "data.curation.segmentation.mc_samples=2",
+    "evaluation.postprocess.n_trials=6",
+    "evaluation.bootstrap.n_resamples=200",
 ]
 
 
@@ -139,7 +142,48 @@ def test_trial_artifacts_and_loss_curve(runs: dict) -> None:
     history = client.get_metric_history(trial.info.run_id, "train/loss_gaussian")
     assert len(history) == 1
     cell = next(c for c in runs["cell"] if c.data.tags["mlflow.parentRunId"] == trial.info.run_id and c.data.params["method"] == "autoddpm")
-    assert {item.path for item in client.list_artifacts(cell.info.run_id)} == {"examples.png"}
+    assert {item.path for item in client.list_artifacts(cell.info.run_id)} == {"results", "postprocess"}
+    results = {item.path for item in client.list_artifacts(cell.info.run_id, "results")}
+    assert results == {"results/autoddpm-gaussian-t2.json", "results/autoddpm-gaussian-t2.png"} or results == {
+        "results/autoddpm-gaussian-t4.json",
+        "results/autoddpm-gaussian-t4.png",
+    }
+
+
+def test_cells_log_intervals_and_the_postprocessing_search(runs: dict) -> None:
+    client = runs["client"]
+    for cell in runs["cell"]:
+        metrics, params = cell.data.metrics, cell.data.params
+        for split in ("val", "test"):
+            assert metrics[f"{split}/auprc_low"] <= metrics[f"{split}/auprc"] <= metrics[f"{split}/auprc_high"]
+            assert metrics[f"{split}/auroc_low"] <= metrics[f"{split}/auroc"] <= metrics[f"{split}/auroc_high"]
+        assert params["postprocess.map"] in {"mae", "lpips", "mae_lpips", "autoddpm"}
+        assert {"postprocess.sigma", "postprocess.head_mask", "postprocess.score"} <= set(params)
+        counts = sum(metrics[f"postprocess/test_{name}"] for name in ("tp", "tn", "fp", "fn"))
+        assert counts == metrics["test/n_healthy"] + metrics["test/n_pathological"]
+        assert 0 <= metrics["postprocess/test_sensitivity"] <= 1
+    cell = runs["cell"][0]
+    history = client.get_metric_history(cell.info.run_id, "postprocess/history_val_auprc")
+    assert sorted(point.step for point in history) == list(range(6))
+    assert {item.path for item in client.list_artifacts(cell.info.run_id, "postprocess")} == {"postprocess/study.json"}
+
+
+def test_report_from_mlflow_writes_every_table_and_figure(sweep: dict, runs: dict, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    completed = subprocess.run(
+        [SWEEPER, "report", "e2e", "--storage", str(sweep["storage"]), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Trials: 2 of 2 done; cells: 12 of 12 evaluated." in completed.stdout
+    written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
+    for config in ("config-1", "config-2"):
+        for table in ("table1", "postprocess", "appendix_reconstruction", "appendix_lpips", "appendix_detection"):
+            assert {f"{config}/{table}.md", f"{config}/{table}.csv", f"{config}/{table}.tex"} <= written
+        assert {f"{config}/auc_against_t.png", f"{config}/examples.png"} <= written
+    # Intervals stand next to every AUPRC and AUROC, as in "85.2 [78.1, 91.0]".
+    table1 = (out / "config-1" / "table1.md").read_text(encoding="utf-8")
+    assert re.search(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", table1)
 
 
 def test_artifacts_are_served_not_local(sweep: dict, runs: dict, server: ServerInfo) -> None:

@@ -127,7 +127,8 @@ def add_trial(
 
 
 def run_report(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, ["report", *args], env=env)
+    """Report from the storage folder; the MLflow source is tested end to end in test_launch_e2e."""
+    return CliRunner().invoke(cli, ["report", "--source", "files", *args], env=env)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -7,12 +7,14 @@ trial produces is logged to MLflow over HTTP, under the sweep's parent run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -22,11 +24,20 @@ from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
 from pipelines.diffusion.training import EpochStats, NonFiniteLossError, train_ddpm
 from pipelines.diffusion.unet import count_parameters
-from pipelines.evaluation.grid import evaluate_cell, grid_cells, summarize_cell
+from pipelines.evaluation.grid import CellOutputs, GridCell, evaluate_cell, grid_cells
 from pipelines.metrics.lpips import PerceptualDistance
 from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figure
-from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_markdown
+from pipelines.reporting.results import CellRecord, TrialRecord, write_cell, write_trial
+from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_latex, to_markdown
 from sweeper.search_space import apply_trial_config
+from trainables.cell_results import (
+    figure_png,
+    log_postprocess,
+    postprocess_record,
+    postprocess_settings,
+    run_postprocess,
+    split_result,
+)
 from trainables.builders import build_model, build_noise, build_schedule, derive_seed, grid_settings, training_settings
 from trainables.tracking import RunLogger, flatten, start_child_run
 
@@ -41,6 +52,7 @@ class SweepContext:
     tracking_uri: str
     experiment_id: str
     sweep_run_id: str
+    results_dir: str
 
 
 def run_trial(
@@ -56,6 +68,8 @@ def run_trial(
     ``data`` and the LPIPS weights ``lpips_state`` come from the driver through Ray's object store.
     """
     spec = apply_trial_config(base_spec, config)
+    # One line per post-processing study trial would drown the sweep's output; MLflow keeps the history.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = tune.get_context()
     trial_id, trial_name = trial.get_trial_id(), trial.get_trial_name()
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
@@ -70,28 +84,49 @@ def run_trial(
         tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial_id, "sweeper.level": "trial"},
     )
     logger.info("trial %s: logging to MLflow run %s", trial_id, run.run_id)
+    record = TrialRecord(
+        sweep=context.sweep_name,
+        trial_id=trial_id,
+        trial_name=trial_name,
+        config=dict(config),
+        seed=spec.training.seed,
+        status="running",
+        cells_total=len(grid_cells(spec.evaluation.methods, spec.evaluation.t)),
+        mlflow_run_id=run.run_id,
+        stride=spec.schedule_stride,
+    )
+    results = Path(context.results_dir)
+    run.log_artifact(write_trial(results, record), "results")
     try:
         _log_trial_inputs(run, spec, config, data)
         models = {noise: _train(spec, noise, data, run, device, trial_id) for noise in spec.noise_types}
         distance = PerceptualDistance(lpips_state).to(device)
-        summaries = _evaluate(spec, models, data, distance, client, context, run, device, trial_id)
+        summaries = _evaluate(spec, models, data, distance, client, context, run, device, record)
         final = _log_summary(run, spec, summaries)
     except NonFiniteLossError as error:
         logger.error("trial %s: %s", trial_id, error)
         run.set_tags({"sweeper.status": "nan_loss"})
-        run.finish("FAILED")
+        _close(run, results, record, "FAILED")
         raise
     except (SystemExit, KeyboardInterrupt):
         # Tune stops a trial by raising SystemExit inside tune.report.
         logger.info("trial %s: stopped by Tune", trial_id)
-        run.finish("KILLED")
+        _close(run, results, record, "KILLED")
         raise
     except BaseException as error:
         logger.error("trial %s: failed with %s: %s", trial_id, type(error).__name__, error)
-        run.finish("FAILED")
+        _close(run, results, record, "FAILED")
         raise
-    run.finish("FINISHED")
+    _close(run, results, record, "FINISHED")
     tune.report(final)
+
+
+def _close(run: RunLogger, results: Path, record: TrialRecord, status: str) -> None:
+    """End the trial's MLflow run and record its final state in its results file."""
+    # A stopped trial can be resumed, so its results stay "running" rather than "failed".
+    state = {"FINISHED": "done", "FAILED": "failed"}.get(status, "running")
+    run.log_artifact(write_trial(results, dataclasses.replace(record, status=state)), "results")
+    run.finish(status)
 
 
 def _log_trial_inputs(run: RunLogger, spec: Any, config: dict[str, Any], data: PreparedData) -> None:
@@ -160,12 +195,13 @@ def _evaluate(
     context: SweepContext,
     run: RunLogger,
     device: torch.device,
-    trial_id: str,
+    trial: TrialRecord,
 ) -> list[CellSummary]:
-    """Evaluate every grid cell on every evaluation split, one MLflow run per cell."""
+    """Evaluate every grid cell on every evaluation split, one MLflow run and one results file per cell."""
     settings = grid_settings(spec)
     stride = spec.schedule_stride
     cells = grid_cells(spec.evaluation.methods, spec.evaluation.t)
+    results = Path(context.results_dir)
     summaries: list[CellSummary] = []
     for number, cell in enumerate(cells, start=1):
         model, schedule = models[cell.noise]
@@ -174,14 +210,14 @@ def _evaluate(
             context.experiment_id,
             run.run_id,
             run_name=cell.name,
-            tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial_id, "sweeper.level": "cell"},
+            tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial.trial_id, "sweeper.level": "cell"},
         )
         try:
             cell_run.log_params(
                 {"method": cell.method, "noise": cell.noise, "t": cell.t, "t_reference": cell.t * stride, "T": spec.model.T}
             )
-            for split in spec.evaluation.splits:
-                outputs = evaluate_cell(
+            outputs = {
+                split: evaluate_cell(
                     cell,
                     model,
                     schedule,
@@ -192,28 +228,77 @@ def _evaluate(
                     settings=settings,
                     device=device,
                 )
-                metrics = summarize_cell(outputs)
-                cell_run.log_metrics({f"{split}/{key}": value for key, value in metrics.items()})
-                summaries.append(CellSummary(cell, split, metrics))
-                if split == "test" and spec.evaluation.figure_examples:
-                    figure = cell_examples_figure(outputs, per_label=spec.evaluation.figure_examples)
-                    cell_run.log_figure(figure, "examples.png")
+                for split in spec.evaluation.splits
+            }
+            record = _record_cell(spec, cell, outputs, data, cell_run, trial, results)
+            summaries.extend(
+                CellSummary(cell, split, result.metrics, intervals=result.intervals) for split, result in record.splits.items()
+            )
         except BaseException:
             cell_run.finish("FAILED")
             raise
         cell_run.finish("FINISHED")
-        logger.info("trial %s: evaluated cell %d/%d %s", trial_id, number, len(cells), cell.name)
+        logger.info("trial %s: evaluated cell %d/%d %s", trial.trial_id, number, len(cells), cell.name)
         tune.report({"phase": "evaluate", "cells_done": number, "cells_total": len(cells)})
     return summaries
+
+
+def _record_cell(
+    spec: Any,
+    cell: GridCell,
+    outputs: dict[str, CellOutputs],
+    data: PreparedData,
+    cell_run: RunLogger,
+    trial: TrialRecord,
+    results: Path,
+) -> CellRecord:
+    """Summarise a cell with intervals, search its post-processing, and log and write the results."""
+    splits = data.splits
+    reference = (outputs["val"], splits["val"]) if "val" in outputs else None
+    split_results = {
+        split: split_result(output, splits[split], spec, reference=reference) for split, output in outputs.items()
+    }
+    for split, result in split_results.items():
+        cell_run.log_metrics({f"{split}/{key}": value for key, value in result.metrics.items()})
+
+    postprocess = None
+    if spec.evaluation.postprocess.enabled:
+        search = run_postprocess(
+            outputs,
+            splits,
+            postprocess_settings(spec, seed=derive_seed(spec.evaluation.seed, "postprocess", cell.name)),
+            study_name=_study_name(spec, trial, cell),
+            folder=results / trial.trial_id / "postprocess",
+        )
+        postprocess = postprocess_record(search, splits["test"], spec)
+        log_postprocess(cell_run, search, postprocess)
+
+    examples = None
+    if "test" in outputs and spec.evaluation.figure_examples:
+        examples = figure_png(cell_examples_figure(outputs["test"], per_label=spec.evaluation.figure_examples))
+    record = CellRecord(trial_id=trial.trial_id, cell=cell, splits=split_results, postprocess=postprocess)
+    path = write_cell(results, record, examples_png=examples)
+    cell_run.log_artifact(path, "results")
+    if examples is not None:
+        cell_run.log_artifact(path.with_suffix(".png"), "results")
+    return record
+
+
+def _study_name(spec: Any, trial: TrialRecord, cell: GridCell) -> str:
+    """Name the study by its cell; a shared RDB needs the sweep and trial in the name too."""
+    if spec.evaluation.postprocess.storage is None:
+        return cell.name
+    return f"{trial.sweep}.{trial.trial_id}.{cell.name}"
 
 
 def _log_summary(run: RunLogger, spec: Any, summaries: list[CellSummary]) -> dict[str, Any]:
     """Log Table 1, the appendix tables and the AUPRC/AUROC-against-t plot; return the final result."""
     stride = spec.schedule_stride
-    for name, table in all_tables(summaries, stride=stride).items():
+    report_split = "test" if "test" in spec.evaluation.splits else spec.evaluation.splits[0]
+    for name, table in all_tables(summaries, stride=stride, report_on=report_split).items():
         run.log_text(to_csv(table), f"tables/{name}.csv")
         run.log_text(to_markdown(table), f"tables/{name}.md")
-    report_split = "test" if "test" in spec.evaluation.splits else spec.evaluation.splits[0]
+        run.log_text(to_latex(table), f"tables/{name}.tex")
     run.log_figure(auc_against_t_figure(summaries, split=report_split, stride=stride), "auc_against_t.png")
 
     rows = table1(summaries, stride=stride, report_on=report_split)
@@ -228,9 +313,12 @@ def _log_summary(run: RunLogger, spec: Any, summaries: list[CellSummary]) -> dic
     # The best cell is chosen on validation AUPRC only, never on the split it is reported on.
     if chosen and selection and report_split != "val":
         best = max(chosen, key=lambda s: (selection[s.cell], -s.cell.t))
+        validation = next(s for s in summaries if s.split == "val" and s.cell == best.cell)
         final.update(
             {
                 "best_cell": best.cell.name,
+                "best_val_auprc": validation.metrics["auprc"],
+                "best_val_auroc": validation.metrics["auroc"],
                 f"best_{report_split}_auprc": best.metrics["auprc"],
                 f"best_{report_split}_auroc": best.metrics["auroc"],
             }
