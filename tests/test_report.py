@@ -30,6 +30,7 @@ from pipelines.reporting.figures import cell_examples_figure
 from pipelines.reporting.report import pool_metrics
 from pipelines.reporting.results import (
     CellRecord,
+    ImageScores,
     IntervalRecord,
     PostprocessRecord,
     PostprocessTest,
@@ -73,7 +74,9 @@ def split_result(cell: GridCell, split: str, seed: int) -> SplitResult:
             metrics[f"{name}_{label_name}_mean"] = float(values[LABELS == label].mean())
             metrics[f"{name}_{label_name}_std"] = float(values[LABELS == label].std())
     intervals = detection_intervals(LABELS, scores, n_resamples=N_RESAMPLES, seed=seed)
-    return SplitResult(metrics, {name: IntervalRecord.of(interval) for name, interval in intervals.items()}, LABELS.size)
+    ids = [f"image-{index}" for index in range(LABELS.size)]
+    image_scores = ImageScores(ids, LABELS.tolist(), ids, scores.tolist())
+    return SplitResult(metrics, {name: IntervalRecord.of(interval) for name, interval in intervals.items()}, LABELS.size, image_scores)
 
 
 def postprocess_record(cell: GridCell, seed: int) -> PostprocessRecord:
@@ -344,3 +347,20 @@ def test_pooled_std_equals_std_of_pooled_images() -> None:
     assert math.isclose(pooled["ssim_healthy_mean"], float(np.concatenate(runs).mean()), rel_tol=1e-12)
     assert math.isclose(pooled["ssim_healthy_std"], float(np.concatenate(runs).std()), rel_tol=1e-12)
     assert math.isclose(pooled["auprc"], statistics.fmean(float(r[0]) for r in runs), rel_tol=1e-12)
+
+
+def test_report_compares_the_table1_cells_on_the_same_images(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweeps" / "paired"
+    add_trial(sweep, "p_00000", {}, 0, CELLS)
+    result = run_report("paired", "--storage", str(tmp_path / "sweeps"))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO((sweep / "report" / "config-1" / "comparisons.csv").read_text(encoding="utf-8"))))
+    # Table 1 holds AnoDDPM at t=5 and AutoDDPM at t=10 (chosen on validation): one pair.
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["Cell A"], row["Cell B"]) == ("AnoDDPM-Gaussian(t=5)", "AutoDDPM-Gaussian(t=10)")
+    a, b = split_scores(CELLS[0], "test", 0), split_scores(CELLS[3], "test", 0)
+    difference = 100 * (auprc(LABELS, a) - auprc(LABELS, b))
+    assert row["ΔAUPRC (A − B)"].startswith(f"{difference:.1f} [")
+    # On test AutoDDPM(t=10) separates far better than AnoDDPM(t=5), so the difference is clearly negative.
+    assert float(row["p (AUROC)"]) < 0.05

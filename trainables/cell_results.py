@@ -21,7 +21,7 @@ from pipelines.metrics.pixel import pixel_metrics
 from pipelines.postprocess.settings import PostprocessSettings, SplitMaps
 from pipelines.postprocess.study import search_postprocessing
 from pipelines.postprocess.result import PostprocessResult
-from pipelines.reporting.results import IntervalRecord, PostprocessRecord, PostprocessTest, SplitResult
+from pipelines.reporting.results import ImageScores, IntervalRecord, PostprocessRecord, PostprocessTest, SplitResult
 from trainables.tracking import RunLogger
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,12 @@ def split_result(
         metrics=metrics,
         intervals={name: IntervalRecord.of(interval) for name, interval in intervals.items()},
         n_images=len(outputs.labels),
+        image_scores=ImageScores(
+            ids=list(outputs.ids),
+            labels=[int(label) for label in outputs.labels],
+            groups=list(split.groups),
+            scores=[float(score) for score in outputs.scores[outputs.score_map]],
+        ),
     )
 
 

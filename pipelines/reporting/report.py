@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 from pipelines.evaluation.grid import GridCell
 from pipelines.reporting.figures import auc_against_t_figure, examples_panel_figure
-from pipelines.reporting.results import CELLS_FOLDER, SweepResults, TrialResults
+from pipelines.metrics.bootstrap import PairedComparison, paired_bootstrap
+from pipelines.reporting.results import CELLS_FOLDER, ImageScores, SweepResults, TrialResults
 from pipelines.reporting.tables import (
     MISSING,
     CellSummary,
@@ -46,6 +47,7 @@ _LIVE_TUNE_STATES = ("PENDING", "RUNNING", "PAUSED")
 
 _TABLE_TITLES = {
     "table1": "Table 1",
+    "comparisons": "Paired comparisons of the Table 1 cells (bootstrap on the same images)",
     "postprocess": "Post-processing chosen by Optuna on validation",
     "appendix_reconstruction": "Reconstruction: MAE and SSIM",
     "appendix_lpips": "Reconstruction: LPIPS",
@@ -242,6 +244,73 @@ def postprocess_table(group: ConfigGroup, expected: list[GridCell]) -> Table:
     return rows if found else []
 
 
+def comparisons_table(group: ConfigGroup, summaries: list[CellSummary], *, split: str, expected: list[GridCell]) -> Table:
+    """Compare every pair of Table 1 cells on the same images with a paired bootstrap, per trial.
+
+    Each row gives the difference in AUPRC and in AUROC (first cell minus second) with its
+    95% interval and two-sided bootstrap p-value. Pairs whose trial kept no per-image scores,
+    or scored other images, are left out.
+    """
+    chosen = [choice.cells[0] for choice in choose_t(summaries, report_on=split, expected=expected) if len(choice.cells) == 1]
+    rows: Table = []
+    for trial in group.trials:
+        scores = {cell: _image_scores(trial, cell, split) for cell in chosen}
+        available = [cell for cell in chosen if scores[cell] is not None]
+        for index, first in enumerate(available):
+            for second in available[index + 1 :]:
+                a, b = scores[first], scores[second]
+                if a.ids != b.ids:
+                    continue
+                row = {"Seed": str(trial.record.seed), "Cell A": first.label(group.stride), "Cell B": second.label(group.stride)}
+                for metric in ("auprc", "auroc"):
+                    comparison = _paired(a, b, metric)
+                    name = metric.upper()
+                    row[f"Δ{name} (A − B)"] = interval_text(_Difference(comparison))
+                    row[f"p ({name})"] = f"{comparison.p_value:.3g}"
+                rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """A paired difference shaped like an interval, so ``interval_text`` formats it."""
+
+    comparison: PairedComparison
+
+    @property
+    def estimate(self) -> float:
+        return self.comparison.difference
+
+    @property
+    def low(self) -> float:
+        return self.comparison.low
+
+    @property
+    def high(self) -> float:
+        return self.comparison.high
+
+    @property
+    def level(self) -> float:
+        return 0.95
+
+
+def _image_scores(trial: TrialResults, cell: GridCell, split: str) -> ImageScores | None:
+    record = trial.cells.get(cell.name)
+    result = record.splits.get(split) if record is not None else None
+    return result.image_scores if result is not None else None
+
+
+def _paired(a: ImageScores, b: ImageScores, metric: str) -> PairedComparison:
+    """Run the paired bootstrap, by group where every group holds one label, else by image."""
+    labels_by_group: dict[str, set[int]] = defaultdict(set)
+    for group, label in zip(a.groups, a.labels):
+        labels_by_group[group].add(label)
+    pure = all(len(labels) == 1 for labels in labels_by_group.values())
+    return paired_bootstrap(
+        a.labels, a.scores, b.scores, groups=a.groups if pure else None, metric=metric, ids_a=a.ids, ids_b=b.ids
+    )
+
+
 def example_panels(
     group: ConfigGroup, summaries: list[CellSummary], *, split: str, expected: list[GridCell]
 ) -> list[tuple[str, Path]]:
@@ -309,7 +378,12 @@ def _write_group(
     summaries = pooled_summaries(group)
     expected = expected_cells(group, results)
     tables = all_tables(summaries, stride=group.stride, report_on=split, expected=expected)
-    tables = {"table1": tables.pop("table1"), "postprocess": postprocess_table(group, expected), **tables}
+    tables = {
+        "table1": tables.pop("table1"),
+        "comparisons": comparisons_table(group, summaries, split=split, expected=expected),
+        "postprocess": postprocess_table(group, expected),
+        **tables,
+    }
 
     seeds = ", ".join(str(seed) for seed in group.seeds)
     section = [f"\n## Configuration {group.number}: {group.label}\n\nSeeds: {seeds} ({len(group.trials)} trials).\n"]

@@ -78,12 +78,26 @@ class IntervalRecord:
 
 
 @dataclass(frozen=True)
+class ImageScores:
+    """The anomaly score of every image of a split, for paired comparisons between cells."""
+
+    ids: list[str]
+    labels: list[int]
+    groups: list[str]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
 class SplitResult:
-    """The summary metrics of one cell on one split, with intervals for AUPRC and AUROC."""
+    """The summary metrics of one cell on one split, with intervals for AUPRC and AUROC.
+
+    ``image_scores`` holds the per-image scores behind AUPRC and AUROC, where the trial kept them.
+    """
 
     metrics: dict[str, float]
     intervals: dict[str, IntervalRecord]
     n_images: int
+    image_scores: ImageScores | None = None
 
 
 @dataclass(frozen=True)
