@@ -10,18 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipelines.data.atomic import atomic_write_path, remove_stale_partials
+
 logger = logging.getLogger(__name__)
 
 # Bump when preprocessing changes its output for the same inputs and settings.
-PREPROCESSING_VERSION = "3"
+PREPROCESSING_VERSION = "4"
 
 
 def cache_key(payload: dict[str, Any]) -> str:
@@ -61,14 +61,12 @@ class ArrayCache:
         return arrays
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
-        """Store ``arrays`` under ``key``, atomically so a reader never sees half a file."""
+        """Store ``arrays`` under ``key``, atomically so a reader never sees half a file.
+
+        Unfinished writes that a killed process left in the folder are removed first.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".npz.partial")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-            os.replace(temporary, self.path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        remove_stale_partials(self.folder)
+        with atomic_write_path(self.path(key)) as temporary, open(temporary, "wb") as file:
+            np.savez(file, **arrays)
         return self.path(key)
