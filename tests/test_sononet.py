@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ from PIL import Image
 
 from pipelines.curation.sononet import (
     SONONET_LABELS,
+    BlankFrameError,
+    CropBoxError,
     PlanePrediction,
     SonoNet,
+    SonoNetVariantError,
     SonoNetWeightsError,
     classify_planes,
     detect_fan,
@@ -153,7 +157,8 @@ def test_keep_plane_reasons() -> None:
     unsure = PlanePrediction("Brain (Tv.)", 0.62, np.zeros(14))
     confident = PlanePrediction("Brain (Tv.)", 0.95, np.zeros(14))
 
-    assert keep_plane(cerebellum) == (False, "plane Brain (Cb.) (0.97), not in ['Brain (Tv.)']")
+    assert keep_plane(cerebellum) == (False, "plane Brain (Cb.) (0.97), not one of Brain (Tv.)")
+    assert keep_plane(cerebellum, labels=["Brain (Tv.)", "Femur"]) == (False, "plane Brain (Cb.) (0.97), not one of Brain (Tv.), Femur")
     assert keep_plane(unsure) == (False, "plane confidence 0.62 below 0.9")
     assert keep_plane(PlanePrediction("Brain (Tv.)", 0.8996, np.zeros(14))) == (False, "plane confidence 0.8996 below 0.9")
     assert keep_plane(confident) == (True, "plane Brain (Tv.) (0.95) at or above 0.9")
@@ -204,9 +209,16 @@ def test_sononet_input_rejects_bad_crop(crop: object, message: str) -> None:
         sononet_input(np.ones((300, 400), dtype=np.uint8), crop=crop)
 
 
-def test_sononet_input_rejects_constant_frame() -> None:
-    with pytest.raises(ValueError, match="must vary, but the frame"):
-        sononet_input(np.full((300, 400, 3), 7, dtype=np.uint8), crop="none")
+def test_sononet_input_rejects_box_outside_frame() -> None:
+    with pytest.raises(CropBoxError, match=r"must lie inside the 300×400 frame .* but got \(5000, 6000, 5000, 6000\)"):
+        sononet_input(np.ones((300, 400), dtype=np.uint8), crop=(5000, 6000, 5000, 6000))
+
+
+@pytest.mark.parametrize("crop", ["none", "auto", (0, 100, 0, 100)])
+@pytest.mark.parametrize("value", [0, 255], ids=["black", "white"])
+def test_blank_frame_raises_blank_frame_error(value: int, crop: object) -> None:
+    with pytest.raises(BlankFrameError, match=r"frame is black|must vary, but the frame cropped to rows .* is constant"):
+        sononet_input(np.full((300, 400, 3), value, dtype=np.uint8), crop=crop)
 
 
 def test_detect_fan_drops_text_and_border() -> None:
@@ -219,7 +231,7 @@ def test_detect_fan_drops_text_and_border() -> None:
 
 
 def test_detect_fan_rejects_black_frame() -> None:
-    with pytest.raises(ValueError, match="frame is black"):
+    with pytest.raises(BlankFrameError, match="frame is black"):
         detect_fan(np.zeros((100, 120), dtype=np.uint8))
 
 
@@ -299,8 +311,18 @@ def test_npz_wrong_shape_rejected(npz_path: Path, tmp_path: Path) -> None:
 
 
 def test_npz_variant_mismatch_rejected(npz_path: Path) -> None:
-    with pytest.raises(SonoNetWeightsError, match=r"must be SonoNet-32 as requested, but it contains SonoNet-16"):
+    with pytest.raises(SonoNetVariantError, match=r"must be SonoNet-32 as requested, but it contains SonoNet-16$") as raised:
         load_sononet(npz_path, variant=32)
+    assert raised.value.found == 16
+
+
+def test_text_file_named_npz_rejected_without_pickle_advice(tmp_path: Path) -> None:
+    path = tmp_path / "SonoNet16.npz"
+    path.write_text("not a weights file\n", encoding="utf-8")
+
+    with pytest.raises(SonoNetWeightsError, match=r"SonoNet weights file .* is not an \.npz \(zip\) archive") as raised:
+        load_sononet(path)
+    assert "pickle" not in str(raised.value)
 
 
 def test_unknown_suffix_rejected(tmp_path: Path) -> None:
@@ -371,6 +393,18 @@ def test_fetch_downloads_and_verifies(weights_server: WeightsServer, tmp_path: P
     assert sorted(item.name for item in dest.iterdir()) == ["SonoNet16.npz"]
 
 
+def test_fetch_keeps_query_and_umask(weights_server: WeightsServer, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    previous = os.umask(0o022)
+    try:
+        path = fetch_sononet(16, dest_dir=dest, base_url=f"{weights_server.url}/sononet?token=1")
+    finally:
+        os.umask(previous)
+
+    assert weights_server.requested_paths == ["/sononet/SonoNet16.npz?token=1"]
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
 def test_fetch_rejects_tampered_file(weights_server: WeightsServer, tmp_path: Path) -> None:
     served = weights_server.folder / "sononet" / "SonoNet16.npz"
     content = bytearray(served.read_bytes())
@@ -419,3 +453,13 @@ def test_cli_fetch_reports_mismatch(weights_server: WeightsServer, tmp_path: Pat
     assert result.exit_code == 1
     assert "Error: download of" in result.output
     assert f"must have {NPZ_BLOB_ID}" in result.output
+
+
+def test_cli_fetch_names_options(tmp_path: Path) -> None:
+    no_scheme = CliRunner().invoke(weights_group, ["fetch", "sononet", "--variant", "16", "--base-url", "127.0.0.1:9/x", "--dest", str(tmp_path)])
+    assert no_scheme.exit_code == 1
+    assert "Error: --base-url must be an http:// or https:// URL with a host, but got '127.0.0.1:9/x'" in no_scheme.output
+
+    both = CliRunner().invoke(weights_group, ["fetch", "lpips", "--index-url", "http://127.0.0.1:9/simple", "--find-links", str(tmp_path)])
+    assert both.exit_code == 2
+    assert "--index-url and --find-links cannot be used together" in both.output

@@ -67,13 +67,29 @@ _PORT_BN_FIELDS: dict[str, str] = {"weight": "gamma", "bias": "beta", "running_m
 
 _TORCH_SUFFIXES = (".pth", ".pt")
 _HOW_TO_GET_WEIGHTS = (
-    "Pass the authors' SonoNet16/32/64.npz or the SonoNet_PyTorch SonoNet16/32/64.pth, "
+    "Use the authors' SonoNet16/32/64.npz or the SonoNet_PyTorch SonoNet16/32/64.pth, "
     "for example as downloaded by 'sweeper weights fetch sononet'"
 )
 
 
 class SonoNetWeightsError(ValueError):
     """Error for a SonoNet weights file that is missing, unreadable or of the wrong layout."""
+
+
+class SonoNetVariantError(SonoNetWeightsError):
+    """Error for a SonoNet weights file of another variant than requested; ``found`` is the file's variant."""
+
+    def __init__(self, message: str, *, found: int) -> None:
+        super().__init__(message)
+        self.found = found
+
+
+class BlankFrameError(ValueError):
+    """A frame, or its crop, has one intensity everywhere, so there is no fan to find or plane to classify."""
+
+
+class CropBoxError(ValueError):
+    """A fixed crop box does not lie inside a frame."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +245,7 @@ def _infer_variant(first_kernel_shape: tuple[int, ...], requested: int | None, p
             f"SonoNet weights file {path} must start with a (16|32|64, 1, 3, 3) kernel in {name}, but got shape {first_kernel_shape}. {_HOW_TO_GET_WEIGHTS}"
         )
     if requested is not None and width != requested:
-        raise SonoNetWeightsError(f"SonoNet weights file {path} must be SonoNet-{requested} as requested, but it contains SonoNet-{width}. Pass variant={width} or the other file")
+        raise SonoNetVariantError(f"SonoNet weights file {path} must be SonoNet-{requested} as requested, but it contains SonoNet-{width}", found=int(width))
     return int(width)
 
 
@@ -257,6 +273,10 @@ def _check_names(found: set[str], expected: set[str], path: Path, layout: str) -
 
 def _read_authors_npz(path: Path, requested: int | None) -> tuple[int, list[dict[str, np.ndarray]]]:
     """Read the authors' ``arr_0`` … ``arr_74`` and return the variant and the arrays of each layer."""
+    # np.load reads a file that is not a zip archive as a pickle and then advises
+    # allow_pickle=True, which is unsafe advice for a weights file from elsewhere.
+    if not zipfile.is_zipfile(path):
+        raise SonoNetWeightsError(f"SonoNet weights file {path} is not an .npz (zip) archive; it may be a text file or a truncated download. {_HOW_TO_GET_WEIGHTS}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -375,6 +395,7 @@ def detect_fan(image: np.ndarray, *, threshold: float = 0.01, opening_fraction: 
     low-confidence frames (3VV, Lips) change label. Prefer a fixed box for a known scanner.
 
     Raises:
+        BlankFrameError: if the frame is black.
         ValueError: if the image is not (H, W) or (H, W, 3), or nothing is brighter than the threshold.
     """
     if not 0 < threshold < 1:
@@ -386,7 +407,7 @@ def detect_fan(image: np.ndarray, *, threshold: float = 0.01, opening_fraction: 
     # 1. Foreground: anything above a small fraction of the brightest pixel.
     maximum = float(grey.max())
     if maximum <= 0:
-        raise ValueError(f"detect_fan needs a frame with a visible fan, but the {grey.shape} frame is black")
+        raise BlankFrameError(f"detect_fan needs a frame with a visible fan, but the {grey.shape} frame is black")
     foreground = grey > threshold * maximum
 
     # 2. Opening by a disk: text strokes and thin markers are narrower than the disk.
@@ -424,7 +445,9 @@ def sononet_input(image: np.ndarray, *, crop: Crop) -> torch.Tensor:
     is resized in float32. Standardisation makes the result independent of the intensity scale.
 
     Raises:
-        ValueError: if the image or the crop box is invalid, or the cropped frame is constant.
+        BlankFrameError: if the frame is black, or constant after the crop.
+        CropBoxError: if a fixed crop box does not lie inside the frame.
+        ValueError: if the image or the crop is invalid in another way.
     """
     image = _check_image(image)
     row0, row1, col0, col1 = _resolve_crop(image, crop)
@@ -435,7 +458,7 @@ def sononet_input(image: np.ndarray, *, crop: Crop) -> torch.Tensor:
 
     std = float(grey.std())
     if std == 0:
-        raise ValueError(f"SonoNet input must vary, but the frame cropped to rows {row0}:{row1} and columns {col0}:{col1} is constant")
+        raise BlankFrameError(f"SonoNet input must vary, but the frame cropped to rows {row0}:{row1} and columns {col0}:{col1} is constant")
     standardised = (grey - grey.mean()) / std * 255.0
     return torch.from_numpy(standardised.astype(np.float32))[None]
 
@@ -469,7 +492,7 @@ def _resolve_crop(image: np.ndarray, crop: Crop) -> CropBox:
         raise ValueError(f"crop must be 'none', 'auto' or four integers (row0, row1, col0, col1), but got {crop!r}")
     row0, row1, col0, col1 = (int(value) for value in crop)
     if not (0 <= row0 < row1 <= height and 0 <= col0 < col1 <= width):
-        raise ValueError(f"crop box (row0, row1, col0, col1) must lie inside the {height}×{width} frame with row0 < row1 and col0 < col1, but got {crop}")
+        raise CropBoxError(f"crop box (row0, row1, col0, col1) must lie inside the {height}×{width} frame with row0 < row1 and col0 < col1, but got {crop}")
     return (row0, row1, col0, col1)
 
 
@@ -509,17 +532,27 @@ class PlanePrediction:
 def classify_planes(model: SonoNet, images: list[np.ndarray], *, crop: Crop, batch_size: int = 16) -> list[PlanePrediction]:
     """Classify the standard plane of each frame with SonoNet, in batches of ``batch_size``.
 
-    Each frame goes through :func:`sononet_input` with the same ``crop``. The model runs
-    without gradients on the device of its parameters, in whatever train or eval mode it is
-    in (:func:`load_sononet` returns it in eval mode, and batch norm is frozen either way).
+    Each frame goes through :func:`sononet_input` with the same ``crop``, and the first
+    frame it rejects raises its error. To skip such frames, build the inputs one by one
+    and pass them to :func:`classify_inputs`.
+    """
+    return classify_inputs(model, [sononet_input(image, crop=crop) for image in images], batch_size=batch_size)
+
+
+def classify_inputs(model: SonoNet, inputs: list[torch.Tensor], *, batch_size: int = 16) -> list[PlanePrediction]:
+    """Classify SonoNet inputs (1, 224, 288) from :func:`sononet_input`, in batches of ``batch_size``.
+
+    The model runs without gradients on the device of its parameters, in whatever train or
+    eval mode it is in (:func:`load_sononet` returns it in eval mode, and batch norm is
+    frozen either way).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, but got {batch_size!r}")
 
     device = next(model.parameters()).device
     predictions: list[PlanePrediction] = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([sononet_input(image, crop=crop) for image in images[start : start + batch_size]])
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.stack(inputs[start : start + batch_size])
         with torch.inference_mode():
             probabilities = model.predict_proba(batch.to(device)).cpu().numpy()
 
@@ -538,7 +571,7 @@ def keep_plane(prediction: PlanePrediction, *, labels: Sequence[str] = ("Brain (
     Example:
         >>> prediction = PlanePrediction("Brain (Cb.)", 0.97, np.zeros(14))
         >>> keep_plane(prediction)
-        (False, "plane Brain (Cb.) (0.97), not in ['Brain (Tv.)']")
+        (False, 'plane Brain (Cb.) (0.97), not one of Brain (Tv.)')
     """
     if isinstance(labels, str) or not labels or any(label not in SONONET_LABELS for label in labels):
         raise ValueError(f"labels must be a non-empty list of SonoNet labels {list(SONONET_LABELS)}, but got {labels!r}")
@@ -546,7 +579,7 @@ def keep_plane(prediction: PlanePrediction, *, labels: Sequence[str] = ("Brain (
         raise ValueError(f"min_confidence must be in [0, 1], but got {min_confidence}")
 
     if prediction.label not in labels:
-        return False, f"plane {prediction.label} ({prediction.confidence:.2f}), not in {list(labels)}"
+        return False, f"plane {prediction.label} ({prediction.confidence:.2f}), not one of {', '.join(labels)}"
     if prediction.confidence < min_confidence:
         return False, f"plane confidence {_format_below(prediction.confidence, min_confidence)} below {min_confidence:g}"
     return True, f"plane {prediction.label} ({prediction.confidence:.2f}) at or above {min_confidence:g}"
