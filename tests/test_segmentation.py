@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipelines.curation.head_geometry import (
 )
 from pipelines.curation.segmentation import (
     HeadSegmentation,
+    SegmenterCheckpointError,
     SegmenterSettings,
     build_segmenter,
     dice_score,
@@ -359,6 +361,8 @@ def test_list_hc18_skips_invalid_file_names(tmp_path: Path, caplog: pytest.LogCa
 def test_settings_validation() -> None:
     with pytest.raises(ValueError, match=r"image_size must be divisible by the product of strides \(8\), but got 60; use 64"):
         SegmenterSettings(image_size=60, channels=(8, 16, 32, 64), strides=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"image_size must be at least twice the product of strides \(32\), so that the deepest level keeps 2 x 2 pixels, but got 16"):
+        SegmenterSettings(image_size=16)
     with pytest.raises(ValueError, match=r"channels must have one entry more than strides"):
         SegmenterSettings(channels=(8, 16), strides=(2, 2))
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), but got 1.0"):
@@ -533,17 +537,60 @@ def test_save_load_round_trip(tmp_path: Path, trained, held_out_segmentations) -
 
     assert settings == SMALL_SETTINGS
     assert stored["report"]["mean_dice"] == report.mean_dice
+    assert loaded.held_out_dice == report.mean_dice
     for first, second in zip(segmentations, again):
         assert np.array_equal(first.probability, second.probability)
         assert np.array_equal(first.mask, second.mask)
         assert first.uncertainty == second.uncertainty
 
 
+def test_save_keeps_umask_mode(tmp_path: Path, trained) -> None:
+    model, report, _, _ = trained
+    previous = os.umask(0o022)
+    try:
+        path = save_segmenter(model, SMALL_SETTINGS, report, tmp_path / "segmenter.pt")
+    finally:
+        os.umask(previous)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert [item.name for item in tmp_path.iterdir()] == ["segmenter.pt"]
+
+
 def test_load_rejects_other_files(tmp_path: Path) -> None:
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
 
-    with pytest.raises(ValueError, match=r"must be a head segmenter checkpoint of format 'fetal-head-segmenter/1', but got None"):
+    with pytest.raises(SegmenterCheckpointError, match=r"must be a head segmenter checkpoint of format 'fetal-head-segmenter/1', but got None"):
         load_segmenter(other)
     with pytest.raises(FileNotFoundError, match=r"segmenter checkpoint not found at .*missing.pt"):
         load_segmenter(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello\n", r"is not a zip archive as torch.save writes it"),
+        (b"data:\n  image_size: 48\n", r"is not a zip archive as torch.save writes it"),
+        (torch.nn.Linear(2, 2), r"contains Python objects other than tensors and plain values"),
+        ({"format": "fetal-head-segmenter/1", "settings": {"image_size": 64}, "state_dict": {}}, r"has settings or weights that do not fit a head segmenter"),
+    ],
+    ids=["text", "yaml", "module", "empty-weights"],
+)
+def test_load_rejects_non_checkpoints_in_one_line(tmp_path: Path, content: object, message: str) -> None:
+    path = tmp_path / "segmenter.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+
+    with pytest.raises(SegmenterCheckpointError, match=message) as raised:
+        load_segmenter(path)
+    assert "\n" not in str(raised.value)
+
+
+def test_load_rejects_truncated_checkpoint(tmp_path: Path, trained) -> None:
+    model, report, _, _ = trained
+    path = save_segmenter(model, SMALL_SETTINGS, report, tmp_path / "segmenter.pt")
+    path.write_bytes(path.read_bytes()[:100_000])
+
+    with pytest.raises(SegmenterCheckpointError, match=r"is not a zip archive as torch.save writes it \(a text file or a truncated copy\?\)$"):
+        load_segmenter(path)

@@ -23,9 +23,9 @@ import dataclasses
 import logging
 import math
 import numbers
-import os
-import tempfile
+import pickle
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,11 +39,17 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from pipelines.curation.head_geometry import head_region, touches_border
+from pipelines.data.atomic import atomic_write_path
 from pipelines.diffusion.training import augment
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "fetal-head-segmenter/1"
+
+# Held-out Dice below which a segmenter is flagged as unfit for curation. The default
+# training (128 px, 30 epochs) reaches 0.96 on HC18, and a 2-epoch run at 64 px 0.31,
+# whose masks miss or cut most heads.
+MIN_HELD_OUT_DICE = 0.9
 
 _DROPOUT_TYPES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
 
@@ -53,6 +59,10 @@ _RESIZE_CHUNK = 32
 
 class SegmenterLossError(RuntimeError):
     """The segmenter's training loss became NaN or infinite."""
+
+
+class SegmenterCheckpointError(ValueError):
+    """A file is not a head segmenter checkpoint written by :func:`save_segmenter`; the message gives the cause."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,13 @@ class SegmenterSettings:
         if self.image_size % downsampling:
             raise ValueError(
                 f"image_size must be divisible by the product of strides ({downsampling}), but got {self.image_size}; "
-                f"use {max(1, round(self.image_size / downsampling)) * downsampling}"
+                f"use {max(2, round(self.image_size / downsampling)) * downsampling}"
+            )
+        # Instance normalisation at the deepest level needs more than one pixel there.
+        if self.image_size < 2 * downsampling:
+            raise ValueError(
+                f"image_size must be at least twice the product of strides ({2 * downsampling}), so that the deepest "
+                f"level keeps 2 x 2 pixels, but got {self.image_size}"
             )
 
         _check_int("num_res_units", self.num_res_units, minimum=0)
@@ -148,11 +164,16 @@ def _check_int(name: str, value: object, *, minimum: int) -> None:
 
 
 class HeadSegmenter(torch.nn.Module):
-    """A 2D MONAI UNet from one grey channel to one head logit per pixel, with its settings attached."""
+    """A 2D MONAI UNet from one grey channel to one head logit per pixel, with its settings attached.
+
+    ``held_out_dice`` is the mean Dice on held-out subjects from the training report, or
+    None when the model was not trained or loaded with a report.
+    """
 
     def __init__(self, settings: SegmenterSettings) -> None:
         super().__init__()
         self.settings = settings
+        self.held_out_dice: float | None = None
         self.unet = UNet(
             spatial_dims=2,
             in_channels=1,
@@ -293,6 +314,7 @@ def train_head_segmenter(
                 on_epoch(summary)
 
     model.eval()
+    model.held_out_dice = epoch_val_dice[-1]
     logger.info("trained head segmenter in %.1f s: held-out mean Dice %.4f", time.perf_counter() - started, epoch_val_dice[-1])
     report = SegmenterReport(
         epoch_loss=epoch_loss,
@@ -353,7 +375,7 @@ def _fit(
 
             loss = loss_function(model(batch_images), batch_masks)
             if not torch.isfinite(loss):
-                raise SegmenterLossError(f"segmenter training loss is {loss.item()} in epoch {epoch}; lower lr or check the input data")
+                raise SegmenterLossError(f"segmenter training loss is {loss.item()} in epoch {epoch}; lower the learning rate or check the input data")
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -554,14 +576,8 @@ def save_segmenter(model: HeadSegmenter, settings: SegmenterSettings, report: Se
         "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "report": report.to_dict() if report is not None else None,
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".pt.partial")
-    os.close(handle)
-    try:
+    with atomic_write_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
     logger.info("saved head segmenter to %s", path)
     return path
@@ -572,19 +588,37 @@ def load_segmenter(path: Path | str, *, device: str | torch.device = "cpu") -> t
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a head segmenter checkpoint of this format.
+        SegmenterCheckpointError: the file is not a head segmenter checkpoint of this
+            format. The message is one line that gives the cause.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmenter checkpoint not found at {path}; train one and save it with save_segmenter")
 
-    payload = torch.load(path, map_location=device, weights_only=True)
+    # torch.save writes a zip archive; checking first keeps PyTorch's long messages for
+    # other files (text, YAML, truncated downloads) out of the error.
+    if not zipfile.is_zipfile(path):
+        raise SegmenterCheckpointError(f"{path} is not a zip archive as torch.save writes it (a text file or a truncated copy?)")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise SegmenterCheckpointError(f"{path} contains Python objects other than tensors and plain values, such as a whole nn.Module") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
+        raise SegmenterCheckpointError(f"{path} cannot be read by torch.load ({type(error).__name__})") from error
+
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} must be a head segmenter checkpoint of format {CHECKPOINT_FORMAT!r}, but got {found!r}")
+        raise SegmenterCheckpointError(f"{path} must be a head segmenter checkpoint of format {CHECKPOINT_FORMAT!r}, but got {found!r}")
 
-    settings = SegmenterSettings.from_dict(payload["settings"])
-    model = build_segmenter(settings)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        settings = SegmenterSettings.from_dict(payload["settings"])
+        model = build_segmenter(settings)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise SegmenterCheckpointError(f"{path} has settings or weights that do not fit a head segmenter ({type(error).__name__})") from error
+
+    report = payload.get("report")
+    if isinstance(report, dict) and isinstance(report.get("mean_dice"), float):
+        model.held_out_dice = report["mean_dice"]
     model.to(device).eval()
     return model, settings
