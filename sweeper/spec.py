@@ -176,6 +176,14 @@ class GestationalAgeSpec(_Section):
     missing: Literal["keep", "drop"] = "keep"
     apply_to: list[Label] = Field(default_factory=lambda: ["healthy", "pathological"])
 
+    @field_validator("window", mode="before")
+    @classmethod
+    def _no_booleans_in_window(cls, window: Any) -> Any:
+        """Reject ``true``/``false`` as an age, which pydantic would read as 1 or 0 weeks."""
+        if isinstance(window, (list, tuple)) and any(isinstance(value, bool) for value in window):
+            raise ValueError("expected gestational ages such as ['19+0', '22+6'], but got a true/false value")
+        return window
+
     @field_validator("window")
     @classmethod
     def _window_in_weeks(cls, window: tuple[str | float, str | float]) -> tuple[str | float, str | float]:

@@ -62,8 +62,10 @@ def test_parse_missing_is_none(value: object) -> None:
         ("22+6+1", r"'22\+6\+1' is not in a recognised form"),
         ("-3", r"'-3' is not in a recognised form"),
         ("22 weeks 6", r"'22 weeks 6' is not in a recognised form"),
-        ("22+7", r"days part of gestational age '22\+7' must be 0 to 6, but got 7"),
-        ("160", r"must be between 0 and 45 weeks, but '160' gives 160 weeks; .* pass unit='days'"),
+        ("22+7", r"days part of gestational age '22\+7' must be 0 to 6, but got 7; write 23\+0 instead of 22\+7"),
+        ("22+9", r"must be 0 to 6, but got 9; write 23\+2 instead of 22\+9"),
+        ("19w15d", r"must be 0 to 6, but got 15; write 21\+1 instead of 19\+15"),
+        ("160", r"must be between 0 and 45 weeks, but '160' gives 160 weeks; if the value is in days, write '160 days'$"),
         (46.0, r"must be between 0 and 45 weeks, but 46.0 gives 46 weeks"),
         (-1, r"must be between 0 and 45 weeks, but -1 gives -1 weeks"),
         (math.inf, r"must be between 0 and 45 weeks"),
@@ -165,3 +167,21 @@ def test_format_ga_round_trip(text: str) -> None:
 def test_format_ga_rejects_invalid_weeks(weeks: float) -> None:
     with pytest.raises(ValueError, match=r"weeks must be a finite, non-negative number, but got"):
         format_ga(weeks)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ([True, 22], r"got a true/false value"),
+        (["19+0", False], r"got a true/false value"),
+        (["19+0", "22+9"], r"write 23\+2 instead of 22\+9"),
+        ([19, 50], r"but 50.0 gives 50 weeks; if the value is in days, write '50.0 days'"),
+    ],
+    ids=["true", "false", "days-carry", "days-hint"],
+)
+def test_spec_window_rejects_invalid_ages(window: list, message: str) -> None:
+    from sweeper.spec import GestationalAgeSpec
+
+    with pytest.raises(ValueError, match=message) as raised:
+        GestationalAgeSpec(window=window)
+    assert "unit=" not in str(raised.value)

@@ -38,8 +38,8 @@ MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "none"})
 
 ACCEPTED_FORMS = (
     "weeks+days ('22+6', '22+6 weeks'), weeks and days ('22w6d', '22 weeks 6 days'), "
-    "decimal weeks ('21.5', '21.5 weeks', '21.5w'), days ('160d', '160 days', or a number with unit='days'), "
-    "or blank for a missing value"
+    "decimal weeks ('21.5', '21.5 weeks', '21.5w'), days ('160d', '160 days'), a bare number of days in a "
+    "folder-csv column with ga_unit: days, or blank for a missing value"
 )
 
 _WEEK_WORD = r"(?:w|wk|wks|week|weeks)"
@@ -88,10 +88,14 @@ def _parse_text(value: str, unit: str) -> float | None:
 
     match = _WEEKS_PLUS_DAYS.fullmatch(text) or _WEEKS_AND_DAYS.fullmatch(text)
     if match:
-        days = int(match["days"])
+        weeks, days = int(match["weeks"]), int(match["days"])
         if days >= DAYS_PER_WEEK:
-            raise ValueError(f"the days part of gestational age {value!r} must be 0 to 6, but got {days}; write 23+0 instead of 22+7")
-        return _checked_weeks(int(match["weeks"]) + days / DAYS_PER_WEEK, value)
+            carried_weeks, carried_days = divmod(weeks * DAYS_PER_WEEK + days, DAYS_PER_WEEK)
+            raise ValueError(
+                f"the days part of gestational age {value!r} must be 0 to 6, but got {days}; "
+                f"write {carried_weeks}+{carried_days} instead of {weeks}+{days}"
+            )
+        return _checked_weeks(weeks + days / DAYS_PER_WEEK, value)
 
     match = _NUMBER_WITH_UNIT.fullmatch(text)
     if match:
@@ -107,7 +111,7 @@ def _checked_weeks(weeks: float, value: object) -> float:
     if not math.isfinite(weeks) or weeks < 0 or weeks > MAX_GA_WEEKS:
         raise ValueError(
             f"gestational age must be between 0 and {MAX_GA_WEEKS:g} weeks, but {value!r} gives {weeks:g} weeks; "
-            f"if the value is in days, write '{value} days' or pass unit='days'"
+            f"if the value is in days, write '{value} days'"
         )
     return weeks
 

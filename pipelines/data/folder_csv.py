@@ -103,10 +103,20 @@ def _read_gestational_age(record: ImageRecord, value: str | None, unit: str) -> 
     try:
         record.ga_weeks = parse_gestational_age(value, unit=unit)
     except ValueError as error:
-        record.drop(f"invalid gestational age: {error}")
+        hint = ""
+        if unit == "weeks" and _is_age_in_days(value):
+            hint = "; if the column counts days, set the source's ga_unit: days"
+        record.drop(f"invalid gestational age: {error}{hint}")
         return
     if record.ga_weeks is not None:
         record.ga_source = "metadata"
+
+
+def _is_age_in_days(value: str | None) -> bool:
+    try:
+        return parse_gestational_age(value, unit="days") is not None
+    except ValueError:
+        return False
 
 
 def _read_spacing(record: ImageRecord, value: str | None) -> None:
