@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,32 @@ def test_exclude_entry_without_comment_rejected(tmp_path: Path) -> None:
     path.write_text("fbau/train/a.jpg\n", encoding="utf-8")
     with pytest.raises(ExcludeListError, match=r"line 1: entry 'fbau/train/a.jpg' has no comment"):
         read_exclude_list(path)
+
+
+def test_exclude_list_strips_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "exclude.txt"
+    path.write_bytes("\ufeffhc18/197_HC # saved by Notepad\r\n".encode("utf-8"))
+    assert read_exclude_list(path) == {"hc18/197_HC": "saved by Notepad"}
+
+
+def test_exclude_list_not_utf8_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "exclude.txt"
+    path.write_bytes("hc18/197_HC # café blurry\n".encode("latin-1"))
+    with pytest.raises(ExcludeListError, match=r"exclude list '.*exclude.txt' is not UTF-8 text \(byte 17 is 0xe9\); save it as UTF-8$"):
+        read_exclude_list(path)
+
+
+def test_exclude_list_warns_on_duplicates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "exclude.txt"
+    path.write_text("hc18/001_HC # blurry\nhc18/002_HC # cut\nhc18/001_HC # wrong plane\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        excluded = read_exclude_list(path)
+    assert excluded == {"hc18/001_HC": "wrong plane", "hc18/002_HC": "cut"}
+    assert len(caplog.messages) == 1
+    assert "repeats ids, and the last comment of each counts: 'hc18/001_HC' (line 3)" in caplog.messages[0]
+
+
+def test_exclude_list_id_with_hash(tmp_path: Path) -> None:
+    path = tmp_path / "exclude.txt"
+    path.write_text("local/scan#2.png  # duplicate sweep\nlocal/a.png#no space before the comment\n", encoding="utf-8")
+    assert read_exclude_list(path) == {"local/scan#2.png": "duplicate sweep", "local/a.png": "no space before the comment"}
