@@ -1,8 +1,8 @@
 """The curation stages run together on real images and on every kind of bad input.
 
 A folder-csv source mixes real HC18 and Fetal Brain Abnormalities frames with a 16-bit
-PNG, a DICOM file carrying patient tags, a frame of another standard plane, a tiny
-image and a corrupt file. SonoNet-16 and a small head segmenter trained on HC18 are real.
+PNG, a DICOM file carrying patient tags, a frame of another standard plane, a black and
+a white frame, a tiny image and a corrupt file. SonoNet-16 and a small head segmenter trained on HC18 are real.
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ def build_folder(folder: Path) -> None:
 
     shutil.copy(SHARED / "models" / "sononet" / "example_images" / "FEMUR.tiff", folder / "femur.tiff")
     rows.append(("femur.tiff", "healthy", "f", "21+0", ""))
+
+    # Blank frames, as cine exports contain: SonoNet finds no fan in the black one and no contrast in the white one.
+    Image.fromarray(np.zeros((300, 400), dtype=np.uint8)).save(folder / "black.png")
+    rows.append(("black.png", "healthy", "k", "21+0", ""))
+    Image.fromarray(np.full((300, 400), 255, dtype=np.uint8)).save(folder / "white.png")
+    rows.append(("white.png", "healthy", "w", "21+0", ""))
 
     Image.fromarray(np.full((20, 20), 90, dtype=np.uint8)).save(folder / "tiny.png")
     rows.append(("tiny.png", "healthy", "t", "21+0", ""))
@@ -152,19 +158,58 @@ def test_kept_images_are_cropped_heads(curated) -> None:
         assert records[name].head_uncertainty is not None
 
 
+def test_blank_frames_dropped_by_plane_stage(curated) -> None:
+    _, records, outputs, counts = curated
+    for name in ("black.png", "white.png"):
+        assert records[name].reason == "blank frame: the SonoNet input has one intensity everywhere"
+        assert outputs[f"mixed/{name}"].thumbnail is not None
+    rows = {row["stage"]: row for row in counts.rows()}
+    assert "2 blank frame" in rows["plane"]["dropped"]
+
+
 def test_stage_counts_add_up(curated) -> None:
     _, records, _, counts = curated
     rows = {row["stage"]: row for row in counts.rows()}
-    assert list(rows) == ["read", "gestational age", "plane", "segmentation", "crop"]
+    assert list(rows) == ["read", "gestational age from metadata", "plane", "segmentation", "gestational age from head", "crop"]
     assert rows["read"]["in"] == len(records)
     assert rows["read"]["kept"] == len(records) - 2
     assert "1 unreadable" in rows["read"]["dropped"] and "1 too small" in rows["read"]["dropped"]
-    assert "outside the window" in rows["gestational age"]["dropped"]
+    assert "outside the window" in rows["gestational age from metadata"]["dropped"]
     assert "1 plane Femur" in rows["plane"]["dropped"]
+    assert "4 pathological not checked" in rows["plane"]["notes"]
     assert rows["crop"]["kept"] == sum(record.kept for record in records.values())
     for row in rows.values():
         dropped = sum(int(part.split()[0]) for part in row["dropped"].split(", ") if part != "none")
         assert row["in"] == row["kept"] + dropped, row
+
+
+def test_stage_rows_chain(curated) -> None:
+    _, _, _, counts = curated
+    rows = counts.rows()
+    for previous, row in zip(rows, rows[1:]):
+        assert row["in"] == previous["kept"], (previous, row)
+
+
+def test_fixed_crop_box_outside_frame_drops_image(tmp_path: Path) -> None:
+    folder = tmp_path / "boxes"
+    folder.mkdir()
+    hc18 = sorted(HC18_IMAGES.glob("*_HC.png"))[0]
+    shutil.copy(hc18, folder / "hc18.png")  # 540 rows, 800 columns
+    shutil.copy(sorted(FBAU.glob("Patient*"))[0], folder / "fbau.jpg")  # 640 x 640
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["file", "label", "group"], ["hc18.png", "healthy", "a"], ["fbau.jpg", "healthy", "b"]])
+    source = {**SOURCE, "path": "boxes", "name": "boxes", "ga_column": None, "pixel_spacing_column": None}
+    items = list_source(source, tmp_path)
+    settings = CurationSettings(image_size=32, plane=PlaneSettings(enabled=True, labels=("Brain (Tv.)",), min_confidence=0.0, crop=(0, 500, 0, 700)))
+
+    _, counts = curate(items, settings, sononet=load_sononet(SONONET16))
+
+    records = {item.record.id: item.record for item in items}
+    assert records["boxes/fbau.jpg"].reason == "crop box [0, 500, 0, 700] of data.curation.plane.crop does not fit the 640x640 frame"
+    assert records["boxes/hc18.png"].plane != ""
+    plane = next(row for row in counts.rows() if row["stage"] == "plane")
+    assert plane["in"] == 2
+    assert "1 crop box outside the frame" in plane["dropped"]
 
 
 def test_patient_tags_never_leave_the_file(curated, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -191,8 +236,9 @@ def segmentation(*, found: bool = True, uncertainty: float = 0.01, border: bool 
         (segmentation(uncertainty=0.4), "healthy", "uncertain mask"),
         (segmentation(border=True), "healthy", "mask touches border"),
         (segmentation(uncertainty=0.4), "pathological", None),
+        (segmentation(found=False), "pathological", None),
     ],
-    ids=["confident", "no-head", "uncertain", "border", "gate-not-applied"],
+    ids=["confident", "no-head", "uncertain", "border", "gate-not-applied", "no-head-not-applied"],
 )
 def test_segmentation_outcome(result: HeadSegmentation, label: str, expected: str | None) -> None:
     settings = SegmentationSettings(enabled=True, max_uncertainty=0.2, drop_border=True, apply_to=("healthy",))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,11 +15,13 @@ import pytest
 from PIL import Image
 
 from pipelines.curation.pipeline import CurationSettings
-from pipelines.data.dataset import prepare_dataset
+from pipelines.data.cache import ArrayCache
+from pipelines.data.dataset import EmptyDatasetError, prepare_dataset
 from pipelines.data.naming import source_frame, source_group
 from pipelines.data.records import MANIFEST_COLUMNS, read_manifest, write_manifest
 from pipelines.data.roboflow import DataSourceError, load_roboflow_multilabel
-from pipelines.data.split import SplitError, SplitSettings
+from pipelines.data.split import SplitSettings
+from pipelines.data.thumbnails import pack_thumbnails, unpack_thumbnails
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 FBAU = DATA_ROOT / "fetal-brain-abnormalities"
@@ -120,6 +124,19 @@ def test_second_prepare_is_cache_hit(prepared) -> None:
     assert np.array_equal(first.splits["test"].images, second.splits["test"].images)
 
 
+def test_stage_rows_chain_from_listing(prepared) -> None:
+    data, again = prepared
+    rows = data.stage_counts
+    assert [row["stage"] for row in rows] == ["list", "read", "gestational age from metadata", "crop", "sampling"]
+    assert rows[0]["in"] == len(data.records)
+    assert "duplicate" in rows[0]["dropped"]
+    for previous, row in zip(rows, rows[1:]):
+        assert row["in"] == previous["kept"], (previous, row)
+    assert rows[-1]["kept"] == sum(record.kept for record in data.records)
+    assert "over images_per_frame=1" in rows[-1]["dropped"]
+    assert again.stage_counts == rows
+
+
 def test_manifest_lists_every_file(prepared, tmp_path: Path) -> None:
     data, _ = prepared
     path = write_manifest(data.records, tmp_path / "manifest.csv")
@@ -186,8 +203,12 @@ def test_empty_after_filtering_is_clear(tmp_path: Path) -> None:
             (folder / name).write_bytes(b"corrupt")
     source = {"kind": "folder-csv", "path": "images", "name": "local", "csv": "labels.csv", "file_column": "file",
               "label_column": "label", "group_column": "group", "healthy_labels": ["healthy"]}
-    with pytest.raises(SplitError, match=r"found 0 healthy source groups, but a group split needs at least 3"):
-        prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=16), split=SplitSettings(), cache_dir=tmp_path / "cache")
+    with pytest.raises(EmptyDatasetError, match=r"^3 of 6 listed images were dropped \(list: 2 duplicate; read: 1 unreadable\), which left too few to split: found 0 healthy source groups, but a group split needs at least 3 .*; add healthy data, or keep more of it through data.curation$") as raised:
+        prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=16), split=SplitSettings(), cache_dir=tmp_path / "cache", keep_thumbnails=True)
+    data = raised.value.data
+    assert [row["stage"] for row in data.stage_counts] == ["list", "read", "gestational age from metadata", "crop"]
+    assert data.stage_counts[1]["dropped"] == "1 unreadable"
+    assert len(data.thumbnails) == 3
 
 
 def test_no_pathological_in_evaluation_is_clear(tmp_path: Path) -> None:
@@ -195,7 +216,7 @@ def test_no_pathological_in_evaluation_is_clear(tmp_path: Path) -> None:
     settings = SplitSettings(max_test={"pathological": 1}, max_val={"pathological": 1})
     data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=32), split=settings, cache_dir=tmp_path / "cache")
     assert (data.splits["test"].labels == 1).sum() == 1
-    with pytest.raises(SplitError, match=r"found 1 pathological source groups for evaluation, but val and test each need at least one"):
+    with pytest.raises(EmptyDatasetError, match=r"^found 1 pathological source groups for evaluation, but val and test each need at least one"):
         prepare_dataset([{**source, "pathological": 1}], data_root=tmp_path, curation=CurationSettings(image_size=32), split=settings, cache_dir=tmp_path / "cache")
 
 
@@ -287,3 +308,87 @@ def test_damaged_cache_entry_is_recomputed(tmp_path: Path, caplog: pytest.LogCap
     assert any("is unreadable" in message for message in caplog.messages)
     assert np.array_equal(first.splits["test"].images, second.splits["test"].images)
     assert prepare_dataset([source], **settings).cache_hit
+
+
+def test_listing_drops_counted_in_first_row(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    healthy = copy_real_images(folder, 6, healthy=True)
+    pathological = copy_real_images(folder, 3, healthy=False)
+    shutil.copy(folder / healthy[0], folder / "copy.jpg")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    rows = [(name, "healthy", f"g{index}", "21+0") for index, name in enumerate(healthy)]
+    rows += [(name, "cyst", f"p{index}", "") for index, name in enumerate(pathological)]
+    rows += [("copy.jpg", "healthy", "gc", ""), ("missing.jpg", "healthy", "gm", ""), ("../secret.jpg", "healthy", "gs", ""),
+             ("nolabel.jpg", "", "gn", ""), ("bad-age.jpg", "healthy", "gb", "22+9")]
+    shutil.copy(folder / healthy[1], folder / "nolabel.jpg")
+    shutil.copy(folder / healthy[2], folder / "bad-age.jpg")
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("file", "label", "group", "ga"), *rows])
+    source = folder_source(ga_column="ga")
+
+    data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=16), split=SplitSettings(), cache_dir=tmp_path / "cache", exclude={})
+
+    listing = data.stage_counts[0]
+    assert listing["stage"] == "list"
+    assert listing["in"] == len(rows) == 14
+    assert listing["kept"] == 9
+    for drop in ("1 duplicate", "1 missing file", "1 outside the source folder", "1 no label", "1 invalid gestational age"):
+        assert drop in listing["dropped"]
+    assert [row["stage"] for row in data.stage_counts][-2:] == ["exclude list", "sampling"]
+    for previous, row in zip(data.stage_counts, data.stage_counts[1:]):
+        assert row["in"] == previous["kept"], (previous, row)
+
+
+def test_exclude_list_row_and_unknown_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 12, "pathological": 4, "size": 64, "seed": 0}
+    exclude = {
+        "synthetic-phantoms/synthetic-phantom-00000": "blurry",
+        "synthetic-phantoms/synthetic-phantom-00000.png": "with an extension",
+        "nope/x": "typo",
+    }
+    with caplog.at_level(logging.WARNING):
+        data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=32), split=SplitSettings(), cache_dir=tmp_path / "cache", exclude=exclude)
+
+    row = next(row for row in data.stage_counts if row["stage"] == "exclude list")
+    assert (row["in"], row["kept"], row["dropped"]) == (16, 15, "1 excluded by review")
+    warnings = [message for message in caplog.messages if message.startswith("exclude list ids")]
+    assert len(warnings) == 1
+    assert "match no listed image exclude nothing: 2 of 3, such as" in warnings[0]
+    assert "'synthetic-phantoms/synthetic-phantom-00000.png' (did you mean 'synthetic-phantoms/synthetic-phantom-00000'?)" in warnings[0]
+    assert "'nope/x'" in warnings[0]
+
+
+def test_cache_put_keeps_umask_and_removes_stale_partials(tmp_path: Path) -> None:
+    cache = ArrayCache(tmp_path)
+    stale = tmp_path / "tmpkilled.npz.partial"
+    stale.write_bytes(b"half an archive")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".other-writer.npz.partial"
+    fresh.write_bytes(b"still being written")
+
+    previous = os.umask(0o022)
+    try:
+        path = cache.put("key", {"values": np.arange(3)})
+    finally:
+        os.umask(previous)
+
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert not stale.exists()
+    assert fresh.exists()
+    assert np.array_equal(cache.get("key")["values"], np.arange(3))
+
+
+def test_thumbnails_round_trip_any_width() -> None:
+    wide = np.arange(24 * 320, dtype=np.uint8).reshape(24, 320)
+    tall = np.full((160, 100), 7, dtype=np.uint8)
+    mask = np.zeros((160, 100), dtype=bool)
+    mask[40:120, 30:70] = True
+
+    unpacked = unpack_thumbnails(pack_thumbnails({"wide": (wide, None), "tall": (tall, mask)}))
+
+    assert np.array_equal(unpacked["wide"][0], wide)
+    assert unpacked["wide"][1] is None
+    assert np.array_equal(unpacked["tall"][0], tall)
+    assert np.array_equal(unpacked["tall"][1], mask)
+    assert unpack_thumbnails(pack_thumbnails({})) == {}

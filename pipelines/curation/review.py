@@ -10,6 +10,7 @@ runs honour.
 from __future__ import annotations
 
 import html
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,22 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
+# Crops are shown at this height; originals come at their thumbnail size, up to this height.
 THUMBNAIL_HEIGHT = 160
 OUTLINE_RGB = (255, 64, 64)
+# Names of the thumbnails this module writes; only these are removed when a folder is reused.
+_THUMBNAIL_NAME = re.compile(r"\d{5}-(?:original|crop)\.png")
 
 
 @dataclass(frozen=True)
 class ReviewItem:
-    """The contents of one review card. Optional fields are None when a stage did not run."""
+    """The contents of one review card. Optional fields are None when a stage did not run.
+
+    ``original`` is None when the image could not be decoded; the card then shows the reason.
+    """
 
     id: str
-    original: np.ndarray
+    original: np.ndarray | None
     mask: np.ndarray | None
     crop: np.ndarray | None
     plane: str | None
@@ -38,13 +45,22 @@ class ReviewItem:
 
 
 def write_review_page(items: list[ReviewItem], folder: Path, *, title: str, stage_counts: list[dict[str, object]] | None = None) -> Path:
-    """Write ``folder/index.html`` and its thumbnails; return the page's path."""
+    """Write ``folder/index.html`` and its thumbnails; return the page's path.
+
+    Thumbnails that an earlier page wrote into ``folder/thumbnails`` are removed first,
+    and other files there are left alone.
+    """
     thumbnails = folder / "thumbnails"
     thumbnails.mkdir(parents=True, exist_ok=True)
+    for path in thumbnails.iterdir():
+        if _THUMBNAIL_NAME.fullmatch(path.name) and path.is_file():
+            path.unlink()
     cards = []
     for number, item in enumerate(items):
-        original_name = f"{number:05d}-original.png"
-        _save_png(_outlined(item.original, item.mask), thumbnails / original_name)
+        original_name = None
+        if item.original is not None:
+            original_name = f"{number:05d}-original.png"
+            Image.fromarray(_outlined(item.original, item.mask)).save(thumbnails / original_name)
         crop_name = None
         if item.crop is not None:
             crop_name = f"{number:05d}-crop.png"
@@ -65,17 +81,22 @@ def write_review_page(items: list[ReviewItem], folder: Path, *, title: str, stag
     return path
 
 
-def _card(item: ReviewItem, original_name: str, crop_name: str | None) -> str:
+def _card(item: ReviewItem, original_name: str | None, crop_name: str | None) -> str:
     plane = "plane: not classified"
     if item.plane is not None:
         plane = f"plane: {html.escape(item.plane)} ({item.plane_confidence:.2f})"
     ga = "GA: unknown" if item.ga_weeks is None else f"GA: {_weeks_days(item.ga_weeks)}"
     decision = f"kept ({html.escape(item.split)})" if not item.reason else f"dropped: {html.escape(item.reason)}"
+    original = (
+        f'<img src="thumbnails/{original_name}" alt="original">'
+        if original_name
+        else f'<div class="none">no image: {html.escape(item.reason or "not decoded")}</div>'
+    )
     crop = f'<img src="thumbnails/{crop_name}" alt="crop">' if crop_name else '<div class="none">no crop</div>'
     state = "kept" if not item.reason else "dropped"
     return (
         f'<figure class="card {state}" data-id="{html.escape(item.id)}">'
-        f'<div class="pair"><img src="thumbnails/{original_name}" alt="original">{crop}</div>'
+        f'<div class="pair">{original}{crop}</div>'
         f"<figcaption><code>{html.escape(item.id)}</code><br>{plane}<br>{ga}<br>"
         f'<span class="decision">{decision}</span></figcaption></figure>'
     )
@@ -86,10 +107,10 @@ def _stage_table(stage_counts: list[dict[str, object]]) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{html.escape(str(row['stage']))}</td><td>{row['in']}</td><td>{row['kept']}</td>"
-        f"<td>{html.escape(str(row.get('dropped', '')))}</td></tr>"
+        f"<td>{html.escape(str(row.get('dropped', '')))}</td><td>{html.escape(str(row.get('notes', '')))}</td></tr>"
         for row in stage_counts
     )
-    return f"<table><tr><th>stage</th><th>in</th><th>kept</th><th>dropped by reason</th></tr>{rows}</table>"
+    return f"<table><tr><th>stage</th><th>in</th><th>kept</th><th>dropped by reason</th><th>notes</th></tr>{rows}</table>"
 
 
 def _weeks_days(weeks: float) -> str:
@@ -128,11 +149,11 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: sans-serif; margin: 1em; }}
 .sheet {{ display: flex; flex-wrap: wrap; gap: 8px; }}
-.card {{ margin: 0; padding: 4px; border: 2px solid #8c8; font-size: 11px; width: fit-content; max-width: 480px; }}
+.card {{ margin: 0; padding: 4px; border: 2px solid #8c8; font-size: 11px; width: fit-content; max-width: 500px; }}
 .card.dropped {{ border-color: #d88; }}
 .pair {{ display: flex; gap: 4px; align-items: flex-start; }}
-.pair img {{ height: 160px; }}
-.none {{ width: 160px; height: 160px; background: #eee; color: #888; }}
+.pair img {{ max-height: 160px; max-width: 320px; }}
+.none {{ width: 160px; height: 160px; background: #eee; color: #666; overflow: hidden; }}
 code {{ word-break: break-all; }}
 table {{ border-collapse: collapse; margin-bottom: 1em; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: left; }}

@@ -12,49 +12,48 @@ are cheap and run after the cache, so changing them never recomputes anything.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.curation.pipeline import CuratedImage, CurationSettings, ProgressCallback, StageCounts, curate
+from pipelines.curation.pipeline import CuratedImage, CurationSettings, ProgressCallback, curate
 from pipelines.curation.segmentation import HeadSegmenter
 from pipelines.curation.sononet import SonoNet
+from pipelines.curation.stage_counts import EXCLUDE_LIST, LIST, SAMPLING, StageCounts, StageRow, largest_drops
 from pipelines.data.cache import ArrayCache, cache_key
-from pipelines.data.records import PATHOLOGICAL, ImageRecord, drop_duplicates
+from pipelines.data.records import PATHOLOGICAL, ImageRecord, drop_duplicates, reason_kind
 from pipelines.data.sources import PendingImage, list_source
-from pipelines.data.split import SPLITS, SplitSettings, split_by_group, split_counts
+from pipelines.data.split import SPLITS, SplitSettings, TooFewGroupsError, split_by_group, split_counts
+from pipelines.data.thumbnails import THUMBNAIL_ARRAYS, Thumbnail, pack_thumbnails, unpack_thumbnails
 
 logger = logging.getLogger(__name__)
 
 # Per-record fields that curation measures; they are cached with the arrays.
 CURATED_FIELDS = ("reason", "ga_weeks", "ga_source", "pixel_spacing_mm", "hc_mm", "plane", "plane_confidence", "head_uncertainty")
-THUMBNAIL_WIDTH = 192
 # Arrays every cache entry must contain; an entry without one of them is recomputed.
-CACHED_ARRAYS = (
-    "ids",
-    "images",
-    "head_masks",
-    "lesion_masks",
-    "has_lesion_mask",
-    "fields",
-    "stage_counts",
-    "seconds",
-    "thumbnail_ids",
-    "thumbnails",
-    "thumbnail_widths",
-    "thumbnail_masks",
-    "has_thumbnail_mask",
-)
+CACHED_ARRAYS = ("ids", "images", "head_masks", "lesion_masks", "has_lesion_mask", "fields", "stage_counts", "seconds")
+# The review thumbnails are a second cache entry, so that a launch never reads them.
+THUMBNAILS_KEY_SUFFIX = "-thumbnails"
+# Unknown exclude-list ids shown in the warning.
+SHOWN_UNKNOWN_IDS = 3
 
 
 class EmptyDatasetError(ValueError):
-    """Filtering left a split without the images it needs."""
+    """Filtering left a split without the images it needs.
+
+    ``data`` contains the records, stage table and thumbnails as far as preparation got, so a
+    caller can still show why the images were dropped. It is None when nothing was curated.
+    """
+
+    def __init__(self, message: str, data: PreparedData | None = None) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 @dataclass
@@ -74,17 +73,23 @@ class PreparedSplit:
 
 @dataclass
 class PreparedData:
-    """Every split of a sweep's data, the records behind them and how they were made."""
+    """Every split of a sweep's data, the records behind them and how they were made.
+
+    ``stage_counts`` is the stage table, one row per stage from listing to sampling.
+    ``seconds`` is the time this preparation took for listing, curation or the cache read,
+    and the split. ``first_seconds`` is the time of the preparation that filled the cache.
+    Neither includes start-up or model loading.
+    """
 
     splits: dict[str, PreparedSplit]
     records: list[ImageRecord]
     cache_key: str
     cache_hit: bool
     image_size: int
-    stage_counts: list[dict[str, object]] = field(default_factory=list)
+    stage_counts: list[StageRow] = field(default_factory=list)
     seconds: float = 0.0
     first_seconds: float = 0.0
-    thumbnails: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None
+    thumbnails: dict[str, Thumbnail] | None = None
     crops: dict[str, np.ndarray] | None = None
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -105,13 +110,21 @@ def prepare_dataset(
     keep_thumbnails: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> PreparedData:
-    """List, curate, exclude, split and stack the images of ``sources`` (dicts of the spec's data.sources)."""
+    """List, curate, exclude, split and stack the images of ``sources`` (dicts of the spec's data.sources).
+
+    Raises:
+        EmptyDatasetError: too few images are left to split; its ``data`` has the stage
+            table, the records and (with ``keep_thumbnails``) the thumbnails.
+    """
     started = time.perf_counter()
     pending = [item for source in sources for item in list_source(source, data_root)]
     records = [item.record for item in pending]
     duplicates = drop_duplicates(records)
     if duplicates:
         logger.info("dropped %d byte-identical duplicate images", duplicates)
+    listing = StageCounts()
+    for record in records:
+        listing.record(LIST, None if record.kept else reason_kind(record.reason))
     usable = [item for item in pending if item.record.kept]
 
     key = cache_key(
@@ -123,37 +136,51 @@ def prepare_dataset(
     )
     cache = ArrayCache(cache_dir)
     stored = cache.get(key, required=CACHED_ARRAYS)
-    cache_hit = stored is not None
-    if stored is None:
+    packed = None
+    if stored is not None and keep_thumbnails:
+        packed = cache.get(key + THUMBNAILS_KEY_SUFFIX, required=THUMBNAIL_ARRAYS)
+    cache_hit = stored is not None and (packed is not None or not keep_thumbnails)
+    if cache_hit:
+        logger.info("preprocessing cache hit %s (%d images)", key[:12], len(stored["ids"]))
+    else:
         curated, counts = curate(usable, curation, sononet=sononet, segmenter=segmenter, on_progress=on_progress)
         stored = _to_arrays(usable, curated, counts, curation.image_size, time.perf_counter() - started)
+        packed = pack_thumbnails({identifier: (output.thumbnail, output.thumbnail_mask) for identifier, output in curated.items() if output.thumbnail is not None})
         cache.put(key, stored)
+        cache.put(key + THUMBNAILS_KEY_SUFFIX, packed)
         logger.info("curated %d images into cache entry %s", len(usable), key[:12])
-    else:
-        logger.info("preprocessing cache hit %s (%d images)", key[:12], len(stored["ids"]))
     _restore_fields(records, json.loads(str(stored["fields"])))
     _warn_unreadable(records)
 
-    for record in records:
-        if record.kept and exclude and record.id in exclude:
-            record.drop(f"excluded by review: {exclude[record.id]}")
-
+    after = StageCounts()
+    if exclude is not None:
+        _apply_exclude_list(records, exclude, after)
+    curated_rows = json.loads(str(stored["stage_counts"]))
     index = {str(identifier): position for position, identifier in enumerate(stored["ids"])}
-    split_by_group(records, split)
-    splits = {name: _stack(records, name, stored, index) for name in SPLITS}
-    _check_usable(records, splits)
-    return PreparedData(
-        splits=splits,
+    data = PreparedData(
+        splits={},
         records=records,
         cache_key=key,
         cache_hit=cache_hit,
         image_size=curation.image_size,
-        stage_counts=json.loads(str(stored["stage_counts"])),
-        seconds=time.perf_counter() - started,
+        stage_counts=listing.rows() + curated_rows + after.rows(),
         first_seconds=float(stored["seconds"]),
-        thumbnails=_thumbnails(stored) if keep_thumbnails else None,
-        crops={str(identifier): stored["images"][row] for identifier, row in index.items()} if keep_thumbnails else None,
+        thumbnails=unpack_thumbnails(packed) if keep_thumbnails else None,
+        crops={identifier: stored["images"][row] for identifier, row in index.items()} if keep_thumbnails else None,
     )
+
+    try:
+        split_by_group(records, split)
+        for record in records:
+            if record.split and (record.kept or record.reason.startswith("not sampled: ")):
+                after.record(SAMPLING, None if record.kept else f"over {record.reason.removeprefix('not sampled: ')}")
+        data.stage_counts = listing.rows() + curated_rows + after.rows()
+        data.splits = {name: _stack(records, name, stored, index) for name in SPLITS}
+        _check_usable(data.splits)
+    except (TooFewGroupsError, EmptyDatasetError) as error:
+        raise _too_few_images(error, data) from None
+    data.seconds = time.perf_counter() - started
+    return data
 
 
 def _input_fingerprint(item: PendingImage) -> tuple:
@@ -164,26 +191,11 @@ def _input_fingerprint(item: PendingImage) -> tuple:
 def _to_arrays(
     items: list[PendingImage], curated: dict[str, CuratedImage], counts: StageCounts, size: int, seconds: float
 ) -> dict[str, np.ndarray]:
-    """Pack the kept images, every record's curation fields, thumbnails and counts for the cache."""
+    """Pack the kept images, every record's curation fields and the stage counts for the cache."""
     kept = [item for item in items if item.record.kept]
     empty = np.zeros((0, size, size), dtype=np.float32)
     outputs = [curated[item.record.id] for item in kept]
     fields = {item.record.id: {name: getattr(item.record, name) for name in CURATED_FIELDS} for item in items}
-
-    thumbnail_ids = [item.record.id for item in items if item.record.id in curated]
-    thumbnails = np.zeros((len(thumbnail_ids), 96, THUMBNAIL_WIDTH), dtype=np.uint8)
-    thumbnail_masks = np.zeros_like(thumbnails, dtype=bool)
-    widths = np.zeros(len(thumbnail_ids), dtype=np.int32)
-    has_thumbnail_mask = np.zeros(len(thumbnail_ids), dtype=bool)
-    for row, identifier in enumerate(thumbnail_ids):
-        output = curated[identifier]
-        width = min(output.thumbnail.shape[1], THUMBNAIL_WIDTH)
-        widths[row] = width
-        thumbnails[row, :, :width] = output.thumbnail[:, :width]
-        if output.thumbnail_mask is not None:
-            has_thumbnail_mask[row] = True
-            thumbnail_masks[row, :, :width] = output.thumbnail_mask[:, :width]
-
     return {
         "ids": np.array([item.record.id for item in kept], dtype=str),
         "images": np.stack([output.image for output in outputs]) if outputs else empty,
@@ -193,11 +205,6 @@ def _to_arrays(
         "fields": np.array(json.dumps(fields)),
         "stage_counts": np.array(json.dumps(counts.rows())),
         "seconds": np.array(seconds),
-        "thumbnail_ids": np.array(thumbnail_ids, dtype=str),
-        "thumbnails": thumbnails,
-        "thumbnail_widths": widths,
-        "thumbnail_masks": thumbnail_masks,
-        "has_thumbnail_mask": has_thumbnail_mask,
     }
 
 
@@ -228,15 +235,6 @@ def _warn_unreadable(records: list[ImageRecord]) -> None:
         )
 
 
-def _thumbnails(stored: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    result = {}
-    for row, identifier in enumerate(stored["thumbnail_ids"]):
-        width = int(stored["thumbnail_widths"][row])
-        mask = stored["thumbnail_masks"][row, :, :width] if stored["has_thumbnail_mask"][row] else None
-        result[str(identifier)] = (stored["thumbnails"][row, :, :width], mask)
-    return result
-
-
 def _stack(records: list[ImageRecord], split: str, stored: dict[str, np.ndarray], index: dict[str, int]) -> PreparedSplit:
     members = sorted((r for r in records if r.kept and r.split == split), key=lambda r: r.id)
     rows = [index[r.id] for r in members]
@@ -252,19 +250,56 @@ def _stack(records: list[ImageRecord], split: str, stored: dict[str, np.ndarray]
     )
 
 
-def _check_usable(records: list[ImageRecord], splits: dict[str, PreparedSplit]) -> None:
-    dropped = Counter(record.reason.split(":")[0] for record in records if not record.kept)
-    summary = ", ".join(f"{count} {reason}" for reason, count in dropped.most_common(5)) or "none dropped"
-    if len(splits["train"]) == 0:
-        raise EmptyDatasetError(
-            f"no healthy training images are left after filtering ({len(records)} found; {summary}); "
-            f"check data.sources, data.curation and data.split"
+def _apply_exclude_list(records: list[ImageRecord], exclude: dict[str, str], counts: StageCounts) -> None:
+    """Drop the kept records that the exclude list names, and warn about ids that name no listed image."""
+    for record in records:
+        if not record.kept:
+            continue
+        reason = exclude.get(record.id)
+        if reason is not None:
+            record.drop(f"excluded by review: {reason}")
+        counts.record(EXCLUDE_LIST, None if reason is None else "excluded by review")
+
+    known = {record.id for record in records}
+    unknown = [identifier for identifier in exclude if identifier not in known]
+    if unknown:
+        examples = ", ".join(_with_suggestion(identifier, known) for identifier in unknown[:SHOWN_UNKNOWN_IDS])
+        logger.warning(
+            "exclude list ids that match no listed image exclude nothing: %d of %d, such as %s%s",
+            len(unknown),
+            len(exclude),
+            examples,
+            ", ..." if len(unknown) > SHOWN_UNKNOWN_IDS else "",
         )
+
+
+def _with_suggestion(identifier: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(identifier, known, n=1, cutoff=0.8)
+    return f"{identifier!r} (did you mean {close[0]!r}?)" if close else repr(identifier)
+
+
+def _check_usable(splits: dict[str, PreparedSplit]) -> None:
+    if len(splits["train"]) == 0:
+        raise EmptyDatasetError("the train split has no healthy images; add healthy data")
     for name in ("val", "test"):
-        labels = splits[name].labels
-        if labels.size == 0 or labels.min() == labels.max():
+        healthy = int((splits[name].labels == 0).sum())
+        pathological = int((splits[name].labels == 1).sum())
+        if not healthy or not pathological:
+            missing = " and ".join(label for label, count in (("healthy", healthy), ("pathological", pathological)) if not count)
             raise EmptyDatasetError(
-                f"the {name} split needs healthy and pathological images, but has {int((labels == 0).sum())} "
-                f"healthy and {int((labels == 1).sum())} pathological ({summary}); check data.sources, "
-                f"data.curation and data.split"
+                f"the {name} split needs healthy and pathological images, but has {healthy} healthy and "
+                f"{pathological} pathological; add {missing} data"
             )
+
+
+def _too_few_images(error: ValueError, data: PreparedData) -> EmptyDatasetError:
+    """Explain a split that failed for want of images by the drops of the stage table, most first."""
+    listed = len(data.records)
+    dropped = sum(not record.kept for record in data.records)
+    if not dropped:
+        return EmptyDatasetError(str(error), data=data)
+    return EmptyDatasetError(
+        f"{dropped} of {listed} listed images were dropped ({largest_drops(data.stage_counts)}), which left too "
+        f"few to split: {error}, or keep more of it through data.curation",
+        data=data,
+    )

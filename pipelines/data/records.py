@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,20 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+# A reason's details start at a colon, a bracket, a quoted value or " of <id>".
+_REASON_DETAILS = re.compile(r":| \(| '| \"| of ")
+
+
+def reason_kind(reason: str) -> str:
+    """Shorten a drop reason to its kind, for counting: "duplicate of x.png" and "invalid gestational age: ..." give
+    "duplicate" and "invalid gestational age".
+
+    >>> reason_kind("invalid pixel spacing 'abc'")
+    'invalid pixel spacing'
+    """
+    return _REASON_DETAILS.split(reason, maxsplit=1)[0].strip() or reason
+
+
 def summarize(records: list[ImageRecord]) -> dict[str, int]:
     """Count kept images per split and label, and dropped images per reason kind."""
     counts: Counter[str] = Counter()
@@ -162,5 +177,5 @@ def summarize(records: list[ImageRecord]) -> dict[str, int]:
         if record.kept:
             counts[f"{record.split or 'unassigned'}/{record.label}"] += 1
         else:
-            counts[f"dropped/{record.reason.split(':')[0].split(' of ')[0]}"] += 1
+            counts[f"dropped/{reason_kind(record.reason)}"] += 1
     return dict(sorted(counts.items()))

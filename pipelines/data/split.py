@@ -24,6 +24,10 @@ class SplitError(ValueError):
     """The data cannot be split as configured; the message says what is missing."""
 
 
+class TooFewGroupsError(SplitError):
+    """Too few healthy or pathological source groups are left to fill train, val and test."""
+
+
 @dataclass(frozen=True)
 class SplitSettings:
     """Fractions of groups per split, and caps on the images used from each split."""
@@ -84,7 +88,7 @@ def _group_role(name: str, members: list[ImageRecord]) -> str:
 
 def _share_healthy_groups(names: list[str], settings: SplitSettings, rng: np.random.Generator) -> dict[str, str]:
     if len(names) < 3:
-        raise SplitError(
+        raise TooFewGroupsError(
             f"found {len(names)} healthy source groups, but a group split needs at least 3 "
             f"(one each for train, val and test); add healthy data"
         )
@@ -105,7 +109,7 @@ def _share_between_val_and_test(
     if not names and not required:
         return {}
     if len(names) < 2:
-        raise SplitError(
+        raise TooFewGroupsError(
             f"found {len(names)} {kind} source groups for evaluation, but val and test each need at least one; "
             f"add {kind} data"
         )
