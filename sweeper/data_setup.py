@@ -8,6 +8,7 @@ folders that ``sweeper weights fetch`` and ``sweeper data train-segmenter`` writ
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 from pipelines.data.records import file_sha256
 from sweeper.paths import sweeper_home
 from sweeper.spec import SpecError, SweepSpec
+
+logger = logging.getLogger(__name__)
 
 SONONET_ENV = "SWEEPER_SONONET_WEIGHTS"
 SEGMENTER_ENV = "SWEEPER_SEGMENTER_WEIGHTS"
@@ -37,33 +40,39 @@ def default_sononet_path(variant: int) -> Path:
     return sweeper_home() / "weights" / "sononet" / f"SonoNet{variant}.npz"
 
 
-def sononet_weights_path(spec: SweepSpec, spec_path: Path) -> Path:
-    """Find the SonoNet weights: data.curation.plane.weights, $SWEEPER_SONONET_WEIGHTS, or the fetch folder."""
+def sononet_weights_path(spec: SweepSpec, spec_path: Path) -> tuple[Path, str]:
+    """Find the SonoNet weights: data.curation.plane.weights, $SWEEPER_SONONET_WEIGHTS, or the fetch folder.
+
+    Returns the path and where it came from, for messages.
+    """
     plane = spec.data.curation.plane
-    path, origin = _weights_path(plane.weights, spec_path, SONONET_ENV, default_sononet_path(plane.variant))
+    path, origin = _weights_path(plane.weights, spec_path, SONONET_ENV, default_sononet_path(plane.variant), "data.curation.plane.weights")
     if not path.is_file():
         raise SpecError(
             f"SonoNet weights not found at {str(path)!r} (from {origin}); run 'sweeper weights fetch sononet "
             f"--variant {plane.variant}', or set data.curation.plane.weights or {SONONET_ENV}"
         )
-    return path
+    return path, origin
 
 
-def segmenter_weights_path(spec: SweepSpec, spec_path: Path) -> Path:
-    """Find the head segmenter: data.curation.segmentation.weights, $SWEEPER_SEGMENTER_WEIGHTS, or the default."""
+def segmenter_weights_path(spec: SweepSpec, spec_path: Path) -> tuple[Path, str]:
+    """Find the head segmenter: data.curation.segmentation.weights, $SWEEPER_SEGMENTER_WEIGHTS, or the default.
+
+    Returns the path and where it came from, for messages.
+    """
     configured = spec.data.curation.segmentation.weights
-    path, origin = _weights_path(configured, spec_path, SEGMENTER_ENV, default_segmenter_path())
+    path, origin = _weights_path(configured, spec_path, SEGMENTER_ENV, default_segmenter_path(), "data.curation.segmentation.weights")
     if not path.is_file():
         raise SpecError(
             f"head segmenter not found at {str(path)!r} (from {origin}); train one with 'sweeper data "
             f"train-segmenter --hc18 DIR', or set data.curation.segmentation.weights or {SEGMENTER_ENV}"
         )
-    return path
+    return path, origin
 
 
-def _weights_path(configured: str | None, spec_path: Path, environment: str, default: Path) -> tuple[Path, str]:
+def _weights_path(configured: str | None, spec_path: Path, environment: str, default: Path, spec_field: str) -> tuple[Path, str]:
     if configured:
-        return resolve_spec_path(configured, spec_path), "the spec"
+        return resolve_spec_path(configured, spec_path), spec_field
     if os.environ.get(environment):
         return Path(os.environ[environment]).expanduser().resolve(), f"${environment}"
     return default, "the default location"
@@ -118,32 +127,60 @@ def curation_inputs(spec: SweepSpec, spec_path: Path) -> CurationInputs:
         ),
     )
     inputs = CurationInputs(settings=settings, fingerprints={}, weights_paths={})
-    if plane.enabled:
-        from pipelines.curation.sononet import SonoNetWeightsError, load_sononet
-
-        path = sononet_weights_path(spec, spec_path)
-        try:
-            inputs.sononet = load_sononet(path, plane.variant)
-        except SonoNetWeightsError as error:
-            raise SpecError(f"data.curation.plane.weights: {error}") from None
-        inputs.fingerprints["sononet"] = file_sha256(path)
-        inputs.weights_paths["sononet"] = str(path)
-    if segmentation.enabled:
-        from pipelines.curation.segmentation import load_segmenter
-
-        path = segmenter_weights_path(spec, spec_path)
-        try:
-            inputs.segmenter, _ = load_segmenter(path)
-        except (ValueError, RuntimeError, OSError, KeyError) as error:
-            raise SpecError(f"head segmenter {str(path)!r} cannot be loaded: {error}") from None
-        inputs.fingerprints["segmenter"] = file_sha256(path)
-        inputs.weights_paths["segmenter"] = str(path)
+    # The exclude list is read first: it is cheap, and its errors should not wait for the models.
     if curation.exclude_list:
         try:
             inputs.exclude = read_exclude_list(resolve_spec_path(curation.exclude_list, spec_path))
         except ExcludeListError as error:
             raise SpecError(f"data.curation.exclude_list: {error}") from None
+    if plane.enabled:
+        path, origin = sononet_weights_path(spec, spec_path)
+        inputs.sononet = _load_sononet(path, origin, plane.variant)
+        inputs.fingerprints["sononet"] = file_sha256(path)
+        inputs.weights_paths["sononet"] = str(path)
+    if segmentation.enabled:
+        path, origin = segmenter_weights_path(spec, spec_path)
+        inputs.segmenter = _load_segmenter(path, origin)
+        inputs.fingerprints["segmenter"] = file_sha256(path)
+        inputs.weights_paths["segmenter"] = str(path)
     return inputs
+
+
+def _load_sononet(path: Path, origin: str, variant: int) -> Any:
+    from pipelines.curation.sononet import SonoNetVariantError, SonoNetWeightsError, load_sononet
+
+    try:
+        return load_sononet(path, variant)
+    except SonoNetVariantError as error:
+        raise SpecError(
+            f"{error}, from {origin}; set data.curation.plane.variant: {error.found}, or replace the file with a "
+            f"SonoNet-{variant} file"
+        ) from None
+    except SonoNetWeightsError as error:
+        raise SpecError(f"SonoNet weights from {origin}: {error}") from None
+
+
+def _load_segmenter(path: Path, origin: str) -> Any:
+    from pipelines.curation.segmentation import MIN_HELD_OUT_DICE, SegmenterCheckpointError, load_segmenter
+
+    try:
+        segmenter, _ = load_segmenter(path)
+    except SegmenterCheckpointError as error:
+        raise SpecError(
+            f"head segmenter {str(path)!r} (from {origin}) is not a checkpoint written by 'sweeper data train-segmenter': "
+            f"{error}; train one with 'sweeper data train-segmenter --hc18 DIR' or fix the path"
+        ) from None
+    dice = segmenter.held_out_dice
+    if dice is not None and dice < MIN_HELD_OUT_DICE:
+        logger.warning(
+            "head segmenter %s (from %s) has a held-out Dice of %.3f, below %g, so curation will drop or mis-crop "
+            "many heads; train it longer with 'sweeper data train-segmenter'",
+            path,
+            origin,
+            dice,
+            MIN_HELD_OUT_DICE,
+        )
+    return segmenter
 
 
 def prepare_data(

@@ -21,3 +21,8 @@ def default_storage() -> Path:
 def default_cache_dir() -> Path:
     """Return the preprocessing cache folder unless the spec sets ``data.cache_dir``."""
     return sweeper_home() / "cache" / "preprocessed"
+
+
+def default_review_dir(spec_name: str) -> Path:
+    """Return where ``sweeper data review`` writes a spec's contact sheet unless ``--out`` gives another folder."""
+    return sweeper_home() / "review" / spec_name
