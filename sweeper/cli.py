@@ -33,7 +33,8 @@ def cli(verbose: int) -> None:
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder for Ray Tune results (default: ~/.sweeper/sweeps).")
 @click.option("--address", help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start Ray locally).")
 @click.option("--name", help="Sweep name (default: the spec's name).")
-def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, tracking_uri: str | None, storage: Path | None, address: str | None, name: str | None) -> None:
+@click.option("--new", is_flag=True, help="Start over when a sweep of this name exists; its folder is kept under another name.")
+def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, tracking_uri: str | None, storage: Path | None, address: str | None, name: str | None, new: bool) -> None:
     """Launch the sweep described by the YAML file SPEC.
 
     The spec, its search space, the data sources, the storage path, the model weights
@@ -41,9 +42,34 @@ def launch(spec: Path, overrides: tuple[str, ...], data_root: Path | None, track
     DDPM per noise type on healthy images and evaluates the method x noise x t grid.
     Every parameter, metric and artifact goes to MLflow.
     """
-    from sweeper.launch import LaunchOptions, run_sweep
+    from sweeper.launch import LaunchOptions
 
-    options = LaunchOptions(spec, list(overrides), data_root, tracking_uri, storage, address, name)
+    _run(LaunchOptions(spec, list(overrides), data_root, tracking_uri, storage, address, name, new=new))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Folder the sweep was launched with (default: ~/.sweeper/sweeps).")
+@click.option("--address", help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start Ray locally).")
+@click.option("--tracking-uri", help="MLflow server, if it moved (default: the one the sweep logged to).")
+def resume(name: str, storage: Path | None, address: str | None, tracking_uri: str | None) -> None:
+    """Resume the interrupted sweep NAME from its last saved state.
+
+    Finished trials are kept as they are. Unfinished and failed trials continue from
+    their last checkpoints, skip the grid cells they had evaluated, and log into their
+    existing MLflow runs.
+    """
+    from sweeper.launch import resume_options
+
+    with user_errors():
+        options = resume_options(name, storage=storage, address=address, tracking_uri=tracking_uri)
+    _run(options)
+
+
+def _run(options: Any) -> None:
+    """Run or resume a sweep, print its summary, and exit non-zero if a trial failed or is unfinished."""
+    from sweeper.launch import run_sweep
+
     with user_errors():
         summary = run_sweep(options, echo=click.echo)
     _print_summary(summary)

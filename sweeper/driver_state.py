@@ -16,6 +16,7 @@ from typing import Any
 
 STATE_FILE = "sweep.json"
 TRACKING_FILE = "tracking.json"
+LAUNCH_FILE = "launch.json"
 
 
 def write_driver_state(folder: Path, status: str) -> None:
@@ -38,6 +39,20 @@ def read_tracking_record(folder: Path) -> dict[str, str] | None:
     if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("uri", "experiment_id", "sweep_run_id")):
         return None
     return record
+
+
+def write_launch_record(folder: Path, options: dict[str, Any]) -> None:
+    """Record the options of ``sweeper launch``, so ``sweeper resume`` can prepare the same sweep again."""
+    _write_json(folder / LAUNCH_FILE, options)
+
+
+def read_launch_record(folder: Path) -> dict[str, Any] | None:
+    """Return the recorded launch options, or None when there are none or they are unreadable."""
+    try:
+        record = json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("spec_path"), str) else None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

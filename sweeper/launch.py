@@ -8,16 +8,26 @@ prepared once on the driver and shared with the trials.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweeper.data_setup import prepare_data, resolve_spec_path
-from sweeper.driver_state import write_driver_state, write_tracking_record
+from sweeper.driver_state import (
+    driver_running,
+    read_driver_state,
+    read_launch_record,
+    read_tracking_record,
+    write_driver_state,
+    write_launch_record,
+    write_tracking_record,
+)
 from sweeper.paths import default_cache_dir, default_storage
 from sweeper.search_space import check_search_space, count_trials
 from sweeper.spec import SpecError, SweepSpec, load_yaml, parse_override, set_dotted, validate
@@ -40,6 +50,31 @@ class LaunchOptions:
     storage: Path | None = None
     address: str | None = None
     name: str | None = None
+    new: bool = False
+    resume: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the options as JSON data, stored with the sweep so that `sweeper resume` can repeat them."""
+        return {
+            "spec_path": str(self.spec_path.resolve()),
+            "overrides": list(self.overrides),
+            "data_root": str(self.data_root.resolve()) if self.data_root else None,
+            "tracking_uri": self.tracking_uri,
+            "storage": str(self.storage.resolve()) if self.storage else None,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LaunchOptions:
+        """Rebuild the options of a launch from :meth:`to_record`'s output."""
+        return cls(
+            spec_path=Path(record["spec_path"]),
+            overrides=list(record.get("overrides", [])),
+            data_root=Path(record["data_root"]) if record.get("data_root") else None,
+            tracking_uri=record.get("tracking_uri"),
+            storage=Path(record["storage"]) if record.get("storage") else None,
+            name=record.get("name"),
+        )
 
 
 @dataclass
@@ -78,10 +113,13 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     check_writable(storage, "storage")
     cache_dir = Path(spec.data.cache_dir).expanduser() if spec.data.cache_dir else default_cache_dir()
     check_writable(cache_dir, "data.cache_dir")
-    if (storage / spec.name).exists():
+    sweep_folder = storage / spec.name
+    if options.resume:
+        check_resumable(sweep_folder)
+    elif sweep_folder.exists() and not options.new:
         raise LaunchError(
-            f"sweep {spec.name!r} already exists in {str(storage)!r}; launch it under another --name, "
-            f"or remove {str(storage / spec.name)!r} to start over"
+            f"sweep {spec.name!r} already exists in {str(storage)!r}; continue it with 'sweeper resume {spec.name}', "
+            f"start it over with --new (the old folder is kept under another name), or pick another --name"
         )
     if options.address is None:
         check_local_resources(spec)
@@ -92,6 +130,9 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     # worker nodes need no copy of the file.
     lpips_weights = _lpips_weights_path(options, spec)
     lpips_state = load_lpips_weights(lpips_weights)
+    if not options.resume:
+        _claim_sweep_folder(sweep_folder, replace=options.new)
+        write_launch_record(sweep_folder, options.to_record())
     return PreparedLaunch(
         raw=raw,
         spec=spec,
@@ -104,15 +145,58 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     )
 
 
+def check_resumable(sweep_folder: Path) -> None:
+    """Raise a one-line error unless ``sweep_folder`` holds a sweep that Tune can restore and no driver runs it."""
+    name = sweep_folder.name
+    if not sweep_folder.is_dir():
+        raise LaunchError(f"no sweep {name!r} in {str(sweep_folder.parent)!r}; pass the --storage it was launched with")
+    if driver_running(read_driver_state(sweep_folder)):
+        raise LaunchError(f"sweep {name!r} is still running (see sweep.json); stop its driver before resuming it")
+    states = sorted(sweep_folder.glob("experiment_state-*.json"))
+    if not states:
+        raise LaunchError(
+            f"sweep {name!r} stopped before Ray Tune saved any state, so there is nothing to resume; "
+            f"start it again with 'sweeper launch SPEC --name {name} --new'"
+        )
+    newest = states[-1]
+    try:
+        json.loads(newest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise LaunchError(
+            f"sweep state file {str(newest)!r} is damaged ({type(error).__name__}), so Tune cannot restore the sweep; "
+            f"restore the file from a backup, or start over with 'sweeper launch SPEC --name {name} --new'"
+        ) from None
+
+
+def _claim_sweep_folder(folder: Path, *, replace: bool) -> None:
+    """Create the sweep's folder, failing if another launch created it first; with ``replace`` move an old one aside."""
+    if replace and folder.exists():
+        kept = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(kept)
+        logger.warning("moved the earlier sweep folder %s to %s", folder, kept)
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise LaunchError(
+            f"sweep {folder.name!r} was created by another launch a moment ago; continue it with "
+            f"'sweeper resume {folder.name}' once that launch has stopped"
+        ) from None
+
+
 def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run a whole sweep and return its summary (trial states, MLflow URL)."""
     launch = prepare_launch(options)
     spec = launch.spec
 
     from sweeper.tracking_setup import open_tracking
-    from sweeper.tune_runner import connect_ray, disconnect_ray, run_tuner
+    from sweeper.tune_runner import check_cluster, connect_ray, disconnect_ray, run_tuner
 
-    tracking = open_tracking(options.tracking_uri or spec.tracking.uri, spec.tracking.server_root, echo=echo)
+    sweep_folder = launch.storage / spec.name
+    previous = read_tracking_record(sweep_folder) if options.resume else None
+    if options.resume and previous is None:
+        raise LaunchError(f"sweep {spec.name!r} has no readable tracking.json, so its MLflow runs are unknown; start it over with --new")
+    uri = options.tracking_uri or (previous["uri"] if previous else None) or spec.tracking.uri
+    tracking = open_tracking(uri, spec.tracking.server_root, echo=echo)
     echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
     data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)
     counts = data.counts()
@@ -124,14 +208,19 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
 
     started_ray = connect_ray(options.address, spec)
     try:
-        experiment_id, sweep_run_id = _start_sweep_run(tracking, launch, data)
+        check_cluster(launch, tracking.uri)
+        if previous is not None:
+            experiment_id, sweep_run_id = previous["experiment_id"], previous["sweep_run_id"]
+            tracking.client.update_run(sweep_run_id, status="RUNNING")
+            echo(f"Resuming sweep {spec.name!r}")
+        else:
+            experiment_id, sweep_run_id = _start_sweep_run(tracking, launch, data)
         echo(f"MLflow: {tracking.experiment_url(experiment_id)}")
         status = "FAILED"
-        sweep_folder = launch.storage / spec.name
         write_driver_state(sweep_folder, "running")
         write_tracking_record(sweep_folder, uri=tracking.uri, experiment_id=experiment_id, sweep_run_id=sweep_run_id)
         try:
-            summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id)
+            summary = run_tuner(launch, data, tracking, experiment_id, sweep_run_id, restore=options.resume)
             if summary["errored"]:
                 status = "FAILED"
             elif summary["incomplete"]:
@@ -150,6 +239,26 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
     summary["mlflow_url"] = tracking.experiment_url(experiment_id)
     summary["storage"] = str(launch.storage / spec.name)
     return summary
+
+
+def resume_options(name: str, *, storage: Path | None, address: str | None, tracking_uri: str | None) -> LaunchOptions:
+    """Return the options the sweep ``name`` was launched with, marked for a resume, with any new address or URI."""
+    folder = (storage or default_storage()).expanduser().resolve() / name
+    record = read_launch_record(folder)
+    if record is None:
+        if not folder.is_dir():
+            raise LaunchError(f"no sweep {name!r} in {str(folder.parent)!r}; pass the --storage it was launched with")
+        raise LaunchError(
+            f"sweep {name!r} has no readable launch.json, so the options it was launched with are unknown; "
+            f"start it over with 'sweeper launch SPEC --name {name} --new'"
+        )
+    options = LaunchOptions.from_record(record)
+    options.storage = folder.parent
+    options.name = name
+    options.address = address
+    options.tracking_uri = tracking_uri or options.tracking_uri
+    options.resume = True
+    return options
 
 
 def _start_sweep_run(tracking: Any, launch: PreparedLaunch, data: Any) -> tuple[str, str]:

@@ -41,6 +41,11 @@ def check_search_space(raw: dict[str, Any], spec: SweepSpec) -> None:
                 f"spec field 'search.parameters.{key}': {reason} and cannot vary between trials; "
                 f"search over model, training or evaluation settings"
             )
+        if key.startswith("training.checkpoint"):
+            raise SpecError(
+                f"spec field 'search.parameters.{key}': Tune keeps checkpoints by one rule for the whole sweep, "
+                "so it cannot vary between trials"
+            )
         if key == "evaluation.lpips_weights":
             raise SpecError(
                 "spec field 'search.parameters.evaluation.lpips_weights': the LPIPS weights are read once "

@@ -299,14 +299,23 @@ class AugmentationSpec(_Section):
     vflip: bool = True
 
 
+class CheckpointSpec(_Section):
+    """How often a trial saves a checkpoint while training, and how many Tune keeps."""
+
+    every_epochs: int = Field(50, ge=0, description="0: only when a model finishes and after each grid cell.")
+    keep: int = Field(2, ge=1)
+
+
 class TrainingSpec(_Section):
     epochs: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-4, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights; evaluation uses it.")
     seed: int = 0
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:
@@ -447,6 +456,7 @@ class ResourcesSpec(_Section):
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0, description="Retries of a failed trial, from its last checkpoint.")
 
     @field_validator("gpus")
     @classmethod

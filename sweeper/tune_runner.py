@@ -71,6 +71,19 @@ def connect_ray(address: str | None, spec: SweepSpec) -> bool:
     return True
 
 
+def check_cluster(launch: PreparedLaunch, tracking_uri: str) -> None:
+    """On a cluster of several nodes, check that every node sees the storage folder and can reach the tracking server."""
+    from ray.util import get_node_ip_address
+
+    from sweeper.cluster_checks import alive_nodes, check_shared_storage, check_tracking_reachable
+
+    nodes = alive_nodes()
+    folder = launch.storage / launch.spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    check_shared_storage(folder, nodes)
+    check_tracking_reachable(tracking_uri, nodes, get_node_ip_address())
+
+
 def disconnect_ray() -> None:
     ray.shutdown()
 
@@ -87,9 +100,19 @@ def _check_cluster_resources(spec: SweepSpec) -> None:
 
 
 def run_tuner(
-    launch: PreparedLaunch, data: PreparedData, tracking: TrackingTarget, experiment_id: str, sweep_run_id: str
+    launch: PreparedLaunch,
+    data: PreparedData,
+    tracking: TrackingTarget,
+    experiment_id: str,
+    sweep_run_id: str,
+    *,
+    restore: bool = False,
 ) -> dict[str, Any]:
-    """Run every trial of the sweep on the connected Ray and return a summary of their states."""
+    """Run every trial of the sweep on the connected Ray and return a summary of their states.
+
+    With ``restore`` Tune restores the sweep from its storage folder: finished trials stay
+    finished, and unfinished and failed trials continue from their last checkpoints.
+    """
     spec = launch.spec
     context = SweepContext(
         sweep_name=spec.name,
@@ -102,19 +125,39 @@ def run_tuner(
         run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
     )
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-    tuner = tune.Tuner(
+    if restore:
+        tuner = tune.Tuner.restore(
+            str(launch.storage / spec.name), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = _new_tuner(spec, launch, trainable)
+    with _sigterm_as_interrupt():
+        results = tuner.fit()
+    return summarize_results(results)
+
+
+def _new_tuner(spec: SweepSpec, launch: PreparedLaunch, trainable: Any) -> tune.Tuner:
+    return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             num_samples=spec.search.num_samples,
             search_alg=build_search_alg(spec),
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            max_concurrent_trials=spec.resources.max_concurrent_trials if spec.search.sampling == "optuna" else None,
         ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(launch.storage), verbose=1),
+        run_config=run_config(spec, launch.storage),
     )
-    with _sigterm_as_interrupt():
-        results = tuner.fit()
-    return summarize_results(results)
+
+
+def run_config(spec: SweepSpec, storage: Path) -> tune.RunConfig:
+    """Return where Tune keeps the sweep, how many trial checkpoints it keeps, and how often it retries a trial."""
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.training.checkpoint.keep),
+        failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+        verbose=1,
+    )
 
 
 def build_search_alg(spec: SweepSpec) -> Searcher | BasicVariantGenerator:
@@ -125,7 +168,8 @@ def build_search_alg(spec: SweepSpec) -> Searcher | BasicVariantGenerator:
     experiment, so a restored sweep keeps every observation it had.
     """
     if spec.search.sampling != "optuna":
-        return BasicVariantGenerator(random_state=spec.search.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a variant generator passed in, so it gets the limit here.
+        return BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=spec.resources.max_concurrent_trials or 0)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.search.seed)

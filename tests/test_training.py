@@ -7,7 +7,7 @@ import torch
 
 from pipelines.diffusion.noise import GaussianNoise, SimplexNoise
 from pipelines.diffusion.schedule import DiffusionSchedule
-from pipelines.diffusion.training import NonFiniteLossError, TrainingSettings, augment, train_ddpm
+from pipelines.diffusion.training import NonFiniteLossError, TrainingCheckpoint, TrainingSettings, augment, train_ddpm
 from pipelines.diffusion.unet import build_unet
 
 
@@ -83,3 +83,39 @@ def test_nan_error_survives_pickling() -> None:
     error = pickle.loads(pickle.dumps(NonFiniteLossError(3, 17, float("inf"))))
     assert (error.epoch, error.step, error.value) == (3, 17, float("inf"))
     assert "training loss is inf at epoch 3, step 17" in str(error)
+
+
+def train_with_checkpoints(epochs: int, *, resume=None, ema_decay: float | None = None) -> tuple[torch.nn.Module, list, list]:
+    model = tiny_unet()
+    checkpoints: list = []
+    history = train_ddpm(
+        model, DiffusionSchedule(50), images(), noise_type="gaussian", noise=GaussianNoise(),
+        settings=TrainingSettings(batch_size=4, lr=2e-3, epochs=epochs, ema_decay=ema_decay),
+        generator=torch.Generator().manual_seed(0),
+        resume=resume, on_checkpoint=checkpoints.append, checkpoint_every=2,
+    )
+    return model, history, checkpoints
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resumed_training_equals_uninterrupted(ema_decay: float | None) -> None:
+    straight, straight_history, checkpoints = train_with_checkpoints(5, ema_decay=ema_decay)
+    # Checkpoints after epochs 2 and 4, and at the end.
+    assert [checkpoint.epoch for checkpoint in checkpoints] == [2, 4, 5]
+
+    saved = TrainingCheckpoint.from_dict(checkpoints[0].to_dict())
+    resumed, resumed_history, _ = train_with_checkpoints(5, resume=saved, ema_decay=ema_decay)
+
+    assert [stats.loss for stats in resumed_history] == [stats.loss for stats in straight_history]
+    for (name, value), other in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, other), name
+
+
+def test_ema_weights_end_in_the_model() -> None:
+    plain, _, _ = train_with_checkpoints(3)
+    averaged, _, checkpoints = train_with_checkpoints(3, ema_decay=0.5)
+    final = checkpoints[-1]
+    assert final.ema is not None
+    weight = "conv_in.conv.weight"
+    assert not torch.equal(plain.state_dict()[weight], averaged.state_dict()[weight])
+    assert torch.equal(averaged.state_dict()[weight], final.ema[f"module.{weight}"])

@@ -40,6 +40,7 @@ def training_settings(spec: SweepSpec) -> TrainingSettings:
         rotation_degrees=training.augmentation.rotation_degrees,
         hflip=training.augmentation.hflip,
         vflip=training.augmentation.vflip,
+        ema_decay=training.ema_decay,
     )
 
 

@@ -49,11 +49,28 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunLogger:
-    """Logs params, metrics, tags and artifacts into one existing MLflow run."""
+    """Logs params, metrics, tags and artifacts into one existing MLflow run.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    A logger for a run that a resumed trial reopens (``resumed=True``) skips every metric
+    whose (key, step) the run already has, so replayed work logs nothing twice.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, *, resumed: bool = False) -> None:
         self.client = client
         self.run_id = run_id
+        self.resumed = resumed
+        self._logged_steps: dict[str, set[int]] = {}
+
+    def _is_new(self, key: str, step: int) -> bool:
+        """Tell whether the run lacks ``key`` at ``step``; reads the key's history once per key."""
+        if not self.resumed:
+            return True
+        if key not in self._logged_steps:
+            self._logged_steps[key] = {metric.step for metric in self.client.get_metric_history(self.run_id, key)}
+        if step in self._logged_steps[key]:
+            return False
+        self._logged_steps[key].add(step)
+        return True
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params in batches; a value too long for MLflow is logged truncated and stored whole as an artifact."""
@@ -75,7 +92,7 @@ class RunLogger:
         entries = [
             Metric(sanitize_key(key), float(value), timestamp, step)
             for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and self._is_new(sanitize_key(key), step)
         ]
         for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
@@ -116,7 +133,21 @@ class RunLogger:
 def start_child_run(
     client: MlflowClient, experiment_id: str, parent_run_id: str, *, run_name: str, tags: dict[str, Any]
 ) -> RunLogger:
-    """Create a run nested under ``parent_run_id`` and return a logger for it."""
+    """Return a logger for the run named ``run_name`` under ``parent_run_id``, reopening it if it exists.
+
+    A trial that Tune restarts (after a restore or a node failure) finds the runs it created
+    before, so every trial and cell keeps exactly one run.
+    """
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{PARENT_TAG} = '{parent_run_id}' and tags.mlflow.runName = '{run_name}'",
+        max_results=2,
+    )
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        logger.info("reopened MLflow run %s (%s) under %s", run_id, run_name, parent_run_id)
+        return RunLogger(client, run_id, resumed=True)
     run = client.create_run(
         experiment_id,
         run_name=run_name,

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import torch
+from pydantic import TypeAdapter
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
-from pipelines.diffusion.training import EpochStats, NonFiniteLossError, train_ddpm
+from pipelines.diffusion.training import EpochStats, NonFiniteLossError, TrainingCheckpoint, train_ddpm
 from pipelines.diffusion.unet import count_parameters
 from pipelines.evaluation.grid import CellOutputs, GridCell, evaluate_cell, grid_cells
 from pipelines.metrics.lpips import PerceptualDistance
@@ -30,6 +32,7 @@ from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figu
 from pipelines.reporting.results import CellRecord, TrialRecord, write_cell, write_trial
 from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_latex, to_markdown
 from sweeper.search_space import apply_trial_config
+from trainables.checkpointing import TrialState, report_checkpoint, restore_state
 from trainables.cell_results import (
     figure_png,
     log_postprocess,
@@ -42,6 +45,8 @@ from trainables.builders import build_model, build_noise, build_schedule, derive
 from trainables.tracking import RunLogger, flatten, start_child_run
 
 logger = logging.getLogger(__name__)
+
+_CELL_RECORD = TypeAdapter(CellRecord)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,18 @@ def run_trial(
         tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial_id, "sweeper.level": "trial"},
     )
     logger.info("trial %s: logging to MLflow run %s", trial_id, run.run_id)
+    state = restore_state() or TrialState(trial_run_id=run.run_id)
+    if state.trial_run_id != run.run_id:
+        raise RuntimeError(
+            f"trial {trial_id}: its checkpoint belongs to MLflow run {state.trial_run_id}, but the run found is {run.run_id}; "
+            "resume the sweep against the tracking server it was launched with"
+        )
+    tags = client.get_run(run.run_id).data.tags if run.resumed else {}
+    if tags.get("sweeper.status") == "nan_loss":
+        raise RuntimeError(f"trial {trial_id} stopped earlier with a NaN or infinite training loss; lower training.lr")
+    # Every node the trial has run on, in order: a retried trial shows where it moved.
+    node = ray.get_runtime_context().get_node_id()
+    run.set_tags({"sweeper.nodes": ",".join(filter(None, [tags.get("sweeper.nodes"), node]))})
     record = TrialRecord(
         sweep=context.sweep_name,
         trial_id=trial_id,
@@ -99,13 +116,19 @@ def run_trial(
     run.log_artifact(write_trial(results, record), "results")
     try:
         _log_trial_inputs(run, spec, config, data)
-        models = {noise: _train(spec, noise, data, run, device, trial_id) for noise in spec.noise_types}
+        models = {noise: _train(spec, noise, data, run, device, trial_id, state) for noise in spec.noise_types}
         distance = PerceptualDistance(lpips_state).to(device)
-        summaries = _evaluate(spec, models, data, distance, client, context, run, device, record)
+        summaries = _evaluate(spec, models, data, distance, client, context, run, device, record, state)
         final = _log_summary(run, spec, summaries)
     except NonFiniteLossError as error:
         logger.error("trial %s: %s", trial_id, error)
         run.set_tags({"sweeper.status": "nan_loss"})
+        _close(run, results, record, "FAILED")
+        raise
+    except torch.cuda.OutOfMemoryError as error:
+        # Only this trial fails; lowering resources.gpus packs fewer trials per GPU.
+        logger.error("trial %s: CUDA out of memory: %s", trial_id, str(error).splitlines()[0])
+        run.set_tags({"sweeper.status": "cuda_oom"})
         _close(run, results, record, "FAILED")
         raise
     except (SystemExit, KeyboardInterrupt):
@@ -140,24 +163,37 @@ def _log_trial_inputs(run: RunLogger, spec: Any, config: dict[str, Any], data: P
 
 
 def _train(
-    spec: Any, noise_type: str, data: PreparedData, run: RunLogger, device: torch.device, trial_id: str
+    spec: Any, noise_type: str, data: PreparedData, run: RunLogger, device: torch.device, trial_id: str, state: TrialState
 ) -> tuple[torch.nn.Module, Any]:
-    """Train the model of one noise type, logging the loss curve, and log its checkpoint."""
+    """Train the model of one noise type from where the trial's state left it, logging the loss curve and checkpoints."""
     model = build_model(spec, noise_type).to(device)
     schedule = build_schedule(spec, device)
+    if noise_type in state.models:
+        model.load_state_dict(state.models[noise_type])
+        model.eval()
+        logger.info("trial %s: the %s model was trained before the restart; loaded it", trial_id, noise_type)
+        return model, schedule
+
     # Arrays from Ray's object store are read-only, so the tensor gets its own copy.
     images = torch.tensor(data.splits["train"].images, device=device)
     generator = torch.Generator(device=device).manual_seed(derive_seed(spec.training.seed, "train", noise_type))
     settings = training_settings(spec)
     total_steps = settings.total_steps(len(images))
+    resume = state.training.get(noise_type)
     logger.info(
-        "trial %s: training the %s model (%d parameters) for %d steps on %d images",
+        "trial %s: training the %s model (%d parameters) for %d steps on %d images%s",
         trial_id, noise_type, count_parameters(model), total_steps, len(images),
+        f", from epoch {resume.epoch}" if resume is not None else "",
     )
 
     def on_epoch(stats: EpochStats) -> None:
         run.log_metrics({f"train/loss_{noise_type}": stats.loss}, step=stats.epoch)
         tune.report({"phase": f"train_{noise_type}", "epoch": stats.epoch, "step": stats.step, "loss": stats.loss})
+
+    def on_checkpoint(checkpoint: TrainingCheckpoint) -> None:
+        state.training[noise_type] = checkpoint
+        if checkpoint.step < total_steps:
+            report_checkpoint(state, {"phase": f"train_{noise_type}", "epoch": checkpoint.epoch, "step": checkpoint.step})
 
     history = train_ddpm(
         model,
@@ -168,7 +204,13 @@ def _train(
         settings=settings,
         generator=generator,
         on_epoch=on_epoch,
+        resume=resume,
+        on_checkpoint=on_checkpoint,
+        checkpoint_every=spec.training.checkpoint.every_epochs,
     )
+    state.models[noise_type] = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+    state.training.pop(noise_type, None)
+    report_checkpoint(state, {"phase": f"trained_{noise_type}", "epoch": history[-1].epoch, "step": history[-1].step})
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"model-{noise_type}.pt"
         torch.save(
@@ -196,14 +238,24 @@ def _evaluate(
     run: RunLogger,
     device: torch.device,
     trial: TrialRecord,
+    state: TrialState,
 ) -> list[CellSummary]:
-    """Evaluate every grid cell on every evaluation split, one MLflow run and one results file per cell."""
+    """Evaluate every grid cell on every evaluation split, one MLflow run and one results file per cell.
+
+    Cells that the trial's state already holds are not evaluated again.
+    """
     settings = grid_settings(spec)
     stride = spec.schedule_stride
     cells = grid_cells(spec.evaluation.methods, spec.evaluation.t)
     results = Path(context.results_dir)
     summaries: list[CellSummary] = []
     for number, cell in enumerate(cells, start=1):
+        if cell.name in state.cells:
+            record = _CELL_RECORD.validate_python(state.cells[cell.name])
+            summaries.extend(
+                CellSummary(cell, split, result.metrics, intervals=result.intervals) for split, result in record.splits.items()
+            )
+            continue
         model, schedule = models[cell.noise]
         cell_run = start_child_run(
             client,
@@ -239,7 +291,9 @@ def _evaluate(
             raise
         cell_run.finish("FINISHED")
         logger.info("trial %s: evaluated cell %d/%d %s", trial.trial_id, number, len(cells), cell.name)
-        tune.report({"phase": "evaluate", "cells_done": number, "cells_total": len(cells)})
+        state.cells[cell.name] = _CELL_RECORD.dump_python(record)
+        state.cell_runs[cell.name] = cell_run.run_id
+        report_checkpoint(state, {"phase": "evaluate", "cells_done": number, "cells_total": len(cells)})
     return summaries
 
 

@@ -1,10 +1,19 @@
-"""Training a DDPM on healthy images with the simplified loss ||eps - eps_theta(x_t, t)||^2."""
+"""Training a DDPM on healthy images with the simplified loss ||eps - eps_theta(x_t, t)||^2.
+
+Training can stop and resume: ``on_checkpoint`` receives a :class:`TrainingCheckpoint`
+(weights, EMA weights, optimiser, epoch, step, generator state and loss history) every
+``checkpoint_every`` epochs and at the end, and ``resume`` continues from one. Given
+the same checkpoint, a resumed run draws the same batches and noise as one that never
+stopped.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +50,7 @@ class TrainingSettings:
     rotation_degrees: float = 15.0
     hflip: bool = True
     vflip: bool = True
+    ema_decay: float | None = None
 
     def total_steps(self, num_images: int) -> int:
         """Return the number of optimiser steps for a training set of ``num_images``."""
@@ -56,6 +66,46 @@ class EpochStats:
     epoch: int
     step: int
     loss: float
+
+
+@dataclass
+class TrainingCheckpoint:
+    """Everything needed to continue training: weights, EMA weights, optimiser, position and RNG state."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+    epoch: int
+    step: int
+    generator_state: torch.Tensor
+    history: list[EpochStats]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain containers that ``torch.load(weights_only=True)`` can read back."""
+        return {
+            "model": self.model,
+            "ema": self.ema,
+            "optimizer": self.optimizer,
+            "epoch": self.epoch,
+            "step": self.step,
+            "generator_state": self.generator_state,
+            "history": [[stats.epoch, stats.step, stats.loss] for stats in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingCheckpoint:
+        """Rebuild a checkpoint from :meth:`to_dict`'s output."""
+        history = [EpochStats(int(epoch), int(step), float(loss)) for epoch, step, loss in data["history"]]
+        return cls(
+            data["model"], data["ema"], data["optimizer"], int(data["epoch"]), int(data["step"]), data["generator_state"], history
+        )
+
+
+def ema_model(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """Wrap ``model`` in an exponential moving average of its weights (and buffers) with ``decay``."""
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
 
 
 def augment(
@@ -96,12 +146,17 @@ def train_ddpm(
     settings: TrainingSettings,
     generator: torch.Generator,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: TrainingCheckpoint | None = None,
+    on_checkpoint: Callable[[TrainingCheckpoint], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> list[EpochStats]:
     """Train ``model`` to predict the noise added to ``images`` (N, 1, H, W, values in [0, 1]).
 
     The images are augmented on their device, mapped to the model's input range for
     ``noise_type``, noised to a uniformly drawn step and the UNet learns the noise.
-    ``on_epoch`` is called after every pass through the data. Raises
+    ``on_epoch`` is called after every pass through the data, and ``on_checkpoint`` every
+    ``checkpoint_every`` epochs (0: only at the end) and once training ends. With
+    ``settings.ema_decay`` the model ends with the EMA weights. Raises
     :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
     """
     if images.ndim != 4 or images.shape[1] != 1:
@@ -111,11 +166,32 @@ def train_ddpm(
         raise ValueError("there are no training images")
     device = images.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    ema = ema_model(model, settings.ema_decay) if settings.ema_decay is not None else None
     total_steps = settings.total_steps(num_images)
-    model.train()
 
     history: list[EpochStats] = []
     step, epoch = 0, 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if ema is not None and resume.ema is not None:
+            ema.load_state_dict(resume.ema)
+        generator.set_state(resume.generator_state)
+        step, epoch, history = resume.step, resume.epoch, list(resume.history)
+
+    def checkpoint() -> TrainingCheckpoint:
+        # Copies: the live state dicts hold the tensors that later steps update in place.
+        return TrainingCheckpoint(
+            model=copy.deepcopy(model.state_dict()),
+            ema=copy.deepcopy(ema.state_dict()) if ema is not None else None,
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            epoch=epoch,
+            step=step,
+            generator_state=generator.get_state(),
+            history=list(history),
+        )
+
+    model.train()
     while step < total_steps:
         epoch += 1
         order = torch.randperm(num_images, generator=generator, device=generator.device).to(device)
@@ -147,11 +223,19 @@ def train_ddpm(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(value)
 
         stats = EpochStats(epoch=epoch, step=step, loss=sum(losses) / len(losses))
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+        if on_checkpoint is not None and step < total_steps and checkpoint_every and epoch % checkpoint_every == 0:
+            on_checkpoint(checkpoint())
+    if on_checkpoint is not None:
+        on_checkpoint(checkpoint())
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
     return history
