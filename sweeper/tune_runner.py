@@ -33,7 +33,15 @@ logger = logging.getLogger(__name__)
 
 # Set in every trial's process. MLflow would otherwise print a "View run" link per run it
 # ends and send usage telemetry to an outside host.
-WORKER_ENVIRONMENT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+WORKER_ENVIRONMENT = {
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # A tracking server that restarts is retried for about a minute (waits of 2, 4, ... 32 s);
+    # a longer outage fails the trial with MLflow's error, and the trial can be resumed.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 class RayConnectionError(RuntimeError):
