@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -184,8 +185,22 @@ def _claim_sweep_folder(folder: Path, *, replace: bool) -> None:
 
 
 def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run a whole sweep and return its summary (trial states, MLflow URL)."""
+    """Run a whole sweep and return its summary (trial states, MLflow URL).
+
+    A new sweep that fails before Tune has saved any state leaves no folder behind, so the
+    same name can be launched again.
+    """
     launch = prepare_launch(options)
+    sweep_folder = launch.storage / launch.spec.name
+    try:
+        return _run_prepared(options, launch, echo)
+    except BaseException:
+        if not options.resume and not any(sweep_folder.glob("experiment_state-*.json")):
+            shutil.rmtree(sweep_folder, ignore_errors=True)
+        raise
+
+
+def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable[[str], None]) -> dict[str, Any]:
     spec = launch.spec
 
     from sweeper.tracking_setup import open_tracking

@@ -45,6 +45,13 @@ CASES = [
     ([DEMO, "--tracking-uri", "sqlite:///mlflow.db"], r"Error: tracking URI 'sqlite:///mlflow.db' is not an HTTP URI"),
     ([DEMO, "--storage", "/proc/sweeps"], r"Error: storage path '/proc/sweeps' is not writable"),
     (["/nonexistent/spec.yaml"], r"Error: cannot read spec file '/nonexistent/spec.yaml'"),
+    ([DEMO, "--set", "evaluation.methods={}"], r"Error: spec field 'evaluation.methods': the grid is empty"),
+    ([DEMO, "--set", "training.epochs=many"], r"Error: spec field 'training.epochs': got 'many', input should be a valid integer"),
+    ([DEMO, "--set", "training.batch_size=0"], r"Error: spec field 'training.batch_size': got 0, input should be greater than or equal to 1"),
+    ([DEMO, "--set", "data.image_size=24"], r"Error: spec field 'data.image_size': got 24, expected at least 31 pixels, the smallest input that LPIPS"),
+    ([DEMO, "--set", "search.parameters={data.image_size: {values: [32, 64]}}"], r"Error: spec field 'search.parameters.data.image_size': the data is prepared once per sweep"),
+    ([DEMO, "--set", "evaluation.postprocess.sigmas=[-1]"], r"Error: spec field 'evaluation.postprocess.sigmas': got \[-1\], expected smoothing sigmas"),
+    ([DEMO, "--set", "search.sampling=bayes"], r"Error: spec field 'search.sampling': got 'bayes', input should be 'grid', 'random' or 'optuna'"),
 ]
 
 
