@@ -68,7 +68,7 @@ def sweep(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory, small_se
     ]
     for override in SHRINK:
         command += ["--set", override]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=work)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=work)
     return {
         "completed": completed,
         "storage": work / "sweeps",
