@@ -1,7 +1,7 @@
 """Checks that a multi-node Ray cluster can run the sweep: shared storage and a reachable tracking server.
 
 Both run after Ray connects and before any trial starts. The storage check writes a probe
-file into the storage folder and asks one task on every alive node whether it sees it,
+file into the storage folder and runs one task on every alive node that checks whether it is visible there,
 so it finds node-local folders whatever the file system is called.
 """
 

@@ -1,4 +1,4 @@
-"""Where `sweeper report` reads a sweep's results: its MLflow runs (the default) or the storage folder.
+"""Sources of `sweeper report`: a sweep's MLflow runs (the default) or its storage folder.
 
 Each trial logs its ``trial.json`` and each cell its ``<cell>.json`` (and example PNG) under
 the artifact folder ``results`` of its MLflow run, the same files it writes into the
@@ -21,7 +21,7 @@ def results_from_mlflow(sweep_folder: Path, destination: Path, *, tracking_uri: 
     """Download every trial and cell results file of the sweep in ``sweep_folder`` from MLflow into ``destination``.
 
     Raises:
-        click.ClickException: one line, when the sweep has no MLflow record or the server does not answer.
+        click.ClickException: one line, when the sweep has no MLflow record or the server does not respond.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

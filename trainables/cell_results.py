@@ -1,4 +1,4 @@
-"""What a trial records for one grid cell: metrics with bootstrap intervals, pixel metrics and the post-processing search.
+"""Per-cell results of a trial: metrics with bootstrap intervals, pixel metrics and the post-processing search.
 
 Every number lands in two places: the cell's MLflow run, and the cell's results file in the
 sweep's storage folder (``pipelines.reporting.results``), which `sweeper report` also reads.

@@ -3,7 +3,7 @@
 A trial reports a checkpoint every ``training.checkpoint.every_epochs`` epochs, when a
 model finishes training, and after every grid cell. Tune keeps the newest
 ``training.checkpoint.keep`` of them in the trial's storage folder. A restored trial
-reads the newest one; if that one is missing or damaged it falls back to the one before,
+reads the newest one. If that one is missing or damaged, it falls back to the one before
 with a warning, rather than starting again from zero.
 """
 
@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 class TrialState:
     """What a trial has done so far, by noise type and by grid cell.
 
-    ``models`` holds the weights of every model that finished training, ``training`` the state
+    ``models`` contains the weights of every model that finished training, ``training`` the state
     of the one in progress, ``cells`` the results record (as JSON data) of every evaluated
     cell, and ``cell_runs`` the MLflow run id of every cell that has one.
     """

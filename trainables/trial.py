@@ -242,7 +242,7 @@ def _evaluate(
 ) -> list[CellSummary]:
     """Evaluate every grid cell on every evaluation split, one MLflow run and one results file per cell.
 
-    Cells that the trial's state already holds are not evaluated again.
+    Cells already recorded in the trial's state are not evaluated again.
     """
     settings = grid_settings(spec)
     stride = spec.schedule_stride
