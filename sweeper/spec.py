@@ -416,7 +416,7 @@ class DistributionParameter(_Section):
 
 
 def _parameter_kind(value: Any) -> str | None:
-    # Validation sees mappings; serialisation sees the parsed models.
+    # Validation receives mappings, and serialisation the parsed models.
     if isinstance(value, ValuesParameter):
         return "values-parameter"
     if isinstance(value, DistributionParameter):

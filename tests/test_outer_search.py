@@ -65,7 +65,7 @@ class InterruptAfter(tune.Callback):
 
 def saved_study(experiment: Path) -> optuna.Study:
     """Read the Optuna study out of the searcher state Tune saved in the experiment folder."""
-    # Each driver session writes its own file; the newest holds the latest state.
+    # Each driver session writes its own file; the newest contains the latest state.
     state_file = max(experiment.glob("searcher-state-*.pkl"), key=lambda path: path.stat().st_mtime)
     with state_file.open("rb") as handle:
         state = pickle.load(handle)
@@ -92,7 +92,7 @@ def test_optuna_sampling_needs_the_validation_split() -> None:
         validate(raw)
 
 
-def test_the_searcher_keeps_its_observations_across_a_restore(tmp_path: Path, local_ray: None) -> None:
+def test_searcher_keeps_observations_across_restore(tmp_path: Path, local_ray: None) -> None:
     spec = validate(optuna_spec())
     flag = tmp_path / "stop-early"
     flag.touch()

@@ -3,7 +3,7 @@
 The sweep runs two trials one after the other on synthetic phantoms. The driver is killed
 once the second trial has written two checkpoints, and the newest checkpoint is then
 truncated, so the resumed trial must fall back to the one before it. The test then checks
-what the issue asks: one MLflow run per trial and per cell, no (metric, step) pair logged
+for one MLflow run per trial and per cell, no (metric, step) pair logged
 twice, and the finished trial left untouched.
 """
 
