@@ -31,6 +31,8 @@ class Machine:
     cores: int
     torch: str
     device: str
+    # PyTorch's intra-op threads on the CPU when the row was measured.
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def machine_for(device: torch.device | str) -> Machine:
     name = str(device)
     if device.type == "cuda":
         name = f"{device} ({torch.cuda.get_device_name(device)})"
-    return Machine(cpu=_cpu_model(), cores=os.cpu_count() or 0, torch=torch.__version__, device=name)
+    return Machine(cpu=_cpu_model(), cores=os.cpu_count() or 0, torch=torch.__version__, device=name, threads=torch.get_num_threads())
 
 
 @dataclass
@@ -141,7 +143,9 @@ class Context:
 
     def skipped(self, name: str, *, command: str, baseline: str, device: str, reason: str) -> Row:
         """Return a row that records why ``name`` was not measured on this machine."""
-        machine = Machine(cpu=_cpu_model(), cores=os.cpu_count() or 0, torch=torch.__version__, device=device)
+        machine = Machine(
+            cpu=_cpu_model(), cores=os.cpu_count() or 0, torch=torch.__version__, device=device, threads=torch.get_num_threads()
+        )
         return Row(name, machine, command, baseline, None, None, status="skipped", note=reason)
 
 

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 import benchmarks
 from benchmarks import Context, Row
 
@@ -92,6 +94,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("names", nargs="*", metavar="NAME", help="topic or topic.name to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few runs, to check that benchmarks run")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per command (default 7, or 2 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's own choice)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     return parser.parse_args(argv)
@@ -108,20 +111,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     repeats = arguments.repeats if arguments.repeats is not None else (2 if arguments.quick else 7)
     if repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, but got {repeats}")
+    if arguments.threads is not None:
+        if arguments.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, but got {arguments.threads}")
+        torch.set_num_threads(arguments.threads)
     context = Context(quick=arguments.quick, repeats=repeats, log=lambda message: print(message, file=sys.stderr))
 
-    rows: list[Row] = []
+    rows: list[tuple[str, Row]] = []
     for name, function in select(available, arguments.names).items():
         context.log(f"running {name}")
-        rows.extend(function(context))
+        topic = name.split(".")[0]
+        rows.extend((topic, row) for row in function(context))
 
-    print(format_table(rows))
+    print(format_table([row for _, row in rows]))
     document = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "benchmarks", *argv]),
         "quick": arguments.quick,
         "repeats": repeats,
-        "rows": [row.to_json() for row in rows],
+        "threads": torch.get_num_threads(),
+        "rows": [{"topic": topic, **row.to_json()} for topic, row in rows],
     }
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,218 @@
+"""Benchmarks of simplex noise: ``simplex_torch`` against ``opensimplex``, and its share of a step.
+
+``simplex_cpu`` and ``simplex_gpu`` draw a batch of 128 x 128 images with 6 octaves
+(persistence 0.8, frequency 64) and compare with the ``opensimplex`` package compiled by
+numba, timed in a separate process (see ``_opensimplex_baseline``). The ratio is the
+PyTorch time over the opensimplex time, so below 1 is faster.
+
+``share_cpu`` and ``share_gpu`` time one noise draw against one full training step
+(``train_ddpm``) and one reverse step (``denoise_step``) that draw the same noise, for the
+tiny preset at the size of ``configs/demo.yaml`` and the reference preset at 128 px. The
+ratio is the share of the step spent on noise; the aim is at most 0.1.
+
+``--quick`` shrinks images and batches so that the rows only check that everything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks import Context, Row, Timing, machine_for
+from benchmarks._opensimplex_baseline import FREQUENCY, PERSISTENCE, STEP
+from pipelines.diffusion.noise import SimplexNoise
+from pipelines.diffusion.simplex_torch import fractal_noise
+from pipelines.diffusion.training import TrainingSettings, train_ddpm
+from pipelines.methods.reverse import denoise_step
+from sweeper.spec import SweepSpec, load_yaml, set_dotted, validate
+from trainables.builders import build_model, build_schedule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+OCTAVES = 6
+# Training steps timed per run of train_ddpm, so that its set-up is spread over several steps.
+TRAIN_STEPS = 3
+# The GPU draw must take under this long for a batch of 64.
+GPU_TARGET_S = 5e-3
+
+
+@dataclass(frozen=True)
+class DrawCase:
+    """A batch of ``batch`` noise images of ``size`` x ``size`` pixels."""
+
+    batch: int
+    size: int
+
+    def describe(self) -> str:
+        """Return the case as text for a row's command."""
+        return f"{self.batch} x {self.size}x{self.size}, {OCTAVES} octaves"
+
+
+def simplex_cpu(context: Context) -> list[Row]:
+    """Time a batch of 8 on the CPU against opensimplex with numba."""
+    case = DrawCase(batch=2, size=32) if context.quick else DrawCase(batch=8, size=128)
+    return [_draw_row(context, "simplex_cpu", case, torch.device("cpu"), compile=False)]
+
+
+def simplex_gpu(context: Context) -> list[Row]:
+    """Time a batch of 64 on CUDA, compiled and eager, against opensimplex with numba on the CPU."""
+    case = DrawCase(batch=4, size=32) if context.quick else DrawCase(batch=64, size=128)
+    if not torch.cuda.is_available():
+        reason = "CUDA is not available"
+        return [
+            context.skipped(f"simplex_gpu{suffix}", command=_draw_command(case, "cuda", compile), baseline=_baseline_command(case), device="cuda", reason=reason)
+            for suffix, compile in (("", True), ("_eager", False))
+        ]
+    device = torch.device("cuda")
+    return [
+        _draw_row(context, "simplex_gpu", case, device, compile=True, target_s=GPU_TARGET_S),
+        _draw_row(context, "simplex_gpu_eager", case, device, compile=False, target_s=GPU_TARGET_S),
+    ]
+
+
+def _draw_row(context: Context, name: str, case: DrawCase, device: torch.device, *, compile: bool, target_s: float | None = None) -> Row:
+    """Time ``fractal_noise`` for ``case`` on ``device`` and opensimplex for the same seeds and step."""
+    seeds, steps = list(range(case.batch)), [STEP] * case.batch
+
+    def draw() -> None:
+        fractal_noise(seeds, steps, case.size, case.size, octaves=OCTAVES, persistence=PERSISTENCE, frequency=FREQUENCY, device=device, compile=compile)
+
+    context.log(f"{name}: {case.describe()} on {device}")
+    timing = context.time(draw, device=device)
+    baseline = _time_opensimplex(context, case)
+    note = ""
+    if target_s is not None:
+        verdict = "meets" if timing.median_s < target_s else "misses"
+        note = f"{verdict} the {target_s * 1e3:g} ms target"
+    return Row(name, machine_for(device), _draw_command(case, device.type, compile), _baseline_command(case), timing, baseline, note=note)
+
+
+def _draw_command(case: DrawCase, device: str, compile: bool) -> str:
+    return f"simplex_torch.fractal_noise({case.describe()}, device={device}, compile={compile})"
+
+
+def _baseline_command(case: DrawCase) -> str:
+    arguments = f"{case.batch} {case.size} {OCTAVES} WARMUP REPEATS"
+    return f"OMP_WAIT_POLICY=PASSIVE python -m benchmarks._opensimplex_baseline {arguments} (opensimplex + numba, CPU)"
+
+
+def _time_opensimplex(context: Context, case: DrawCase) -> Timing:
+    """Time opensimplex in a child process, with the context's warm-up and repeats."""
+    arguments = [str(value) for value in (case.batch, case.size, OCTAVES, max(context.warmup, 1), context.repeats)]
+    environment = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks._opensimplex_baseline", *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return Timing(tuple(json.loads(result.stdout)))
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """A model preset trained and run at ``size`` px with batches of ``batch``, from ``spec``'s settings."""
+
+    label: str
+    spec: str
+    preset: str
+    size: int
+    batch: int
+
+
+# configs/demo.yaml: the tiny preset at 32 px with batches of 16. The reference preset runs
+# at 128 px, the size of configs/paper.yaml, but in smaller batches on the CPU.
+DEMO_TINY = StepCase("tiny", "demo.yaml", "tiny", 32, 16)
+QUICK_TINY = StepCase("tiny", "demo.yaml", "tiny", 32, 2)
+CPU_REFERENCE = StepCase("reference", "paper.yaml", "reference", 128, 4)
+GPU_REFERENCE = StepCase("reference", "paper.yaml", "reference", 128, 32)
+
+
+def share_cpu(context: Context) -> list[Row]:
+    """Time noise draws against a training step and a reverse step on the CPU."""
+    device = torch.device("cpu")
+    if context.quick:
+        return _share_rows(context, QUICK_TINY, device)
+    return _share_rows(context, DEMO_TINY, device) + _share_rows(context, CPU_REFERENCE, device, repeats=min(context.repeats, 3))
+
+
+def share_gpu(context: Context) -> list[Row]:
+    """Time noise draws against a training step and a reverse step on CUDA."""
+    cases = [QUICK_TINY] if context.quick else [DEMO_TINY, GPU_REFERENCE]
+    if not torch.cuda.is_available():
+        return [
+            context.skipped(
+                f"share_gpu_{case.label}_{kind}", command=_noise_command(case), baseline=_step_command(case, kind), device="cuda", reason="CUDA is not available"
+            )
+            for case in cases
+            for kind in ("train", "reverse")
+        ]
+    return [row for case in cases for row in _share_rows(context, case, torch.device("cuda"))]
+
+
+def _share_rows(context: Context, case: StepCase, device: torch.device, *, repeats: int | None = None) -> list[Row]:
+    """Return the train-step and reverse-step rows of ``case`` on ``device``."""
+    spec = _load_spec(case)
+    model = build_model(spec, "simplex").to(device)
+    schedule = build_schedule(spec, device)
+    simplex = spec.model.simplex
+    noise = SimplexNoise(octaves=simplex.octaves, persistence=simplex.persistence, frequency=simplex.frequency)
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (case.batch, 1, case.size, case.size)
+    images = torch.rand(shape, generator=generator, device=device)
+    t = torch.randint(1, schedule.T + 1, (case.batch,), generator=generator, device=device)
+    settings = TrainingSettings(batch_size=case.batch, lr=spec.training.lr, steps=TRAIN_STEPS)
+    prefix = f"share_{device.type}_{case.label}"
+    context.log(f"{prefix}: {case.preset} preset, batch {case.batch} at {case.size} px on {device}")
+
+    def draw() -> None:
+        noise(shape, t, generator)
+
+    def train() -> None:
+        train_ddpm(model, schedule, images, noise_type="simplex", noise=noise, settings=settings, generator=generator)
+
+    def reverse() -> None:
+        denoise_step(model, schedule, images * 2 - 1, t, noise=noise, generator=generator, clip=(-1.0, 1.0))
+
+    noise_timing = context.time(draw, device=device, repeats=repeats)
+    train_runs = context.time(train, device=device, repeats=repeats)
+    train_timing = Timing(tuple(seconds / TRAIN_STEPS for seconds in train_runs.seconds))
+    reverse_timing = context.time(reverse, device=device, repeats=repeats)
+    machine = machine_for(device)
+    note = f"{case.preset} preset, batch {case.batch}, {case.size} px; aim: ratio <= 0.1"
+    return [
+        Row(f"{prefix}_train", machine, _noise_command(case), _step_command(case, "train"), noise_timing, train_timing, note=note),
+        Row(f"{prefix}_reverse", machine, _noise_command(case), _step_command(case, "reverse"), noise_timing, reverse_timing, note=note),
+    ]
+
+
+def _load_spec(case: StepCase) -> SweepSpec:
+    raw = load_yaml(CONFIGS / case.spec)
+    for key, value in {"model.preset": case.preset, "data.image_size": case.size, "training.batch_size": case.batch}.items():
+        raw = set_dotted(raw, key, value)
+    return validate(raw)
+
+
+def _noise_command(case: StepCase) -> str:
+    return f"SimplexNoise()(({case.batch}, 1, {case.size}, {case.size}), t, generator)"
+
+
+def _step_command(case: StepCase, kind: str) -> str:
+    if kind == "train":
+        return f"train_ddpm({case.preset} UNet, {case.batch} images of {case.size} px, steps={TRAIN_STEPS}) / {TRAIN_STEPS}"
+    return f"denoise_step({case.preset} UNet, batch {case.batch} at {case.size} px)"
+
+
+BENCHMARKS = {
+    "simplex_cpu": simplex_cpu,
+    "simplex_gpu": simplex_gpu,
+    "share_cpu": share_cpu,
+    "share_gpu": share_gpu,
+}
