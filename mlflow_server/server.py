@@ -52,7 +52,7 @@ _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 def network_exposure_warning(host: str) -> str | None:
     """Return the warning for binding to ``host``, or None when ``host`` is loopback."""
-    if _is_loopback(host):
+    if is_loopback(host):
         return None
     return (
         f"binding to {host} exposes the tracking server to the network; "
@@ -335,7 +335,8 @@ def _check_start_arguments(host: str, port: int | None, timeout_s: float) -> Non
         raise ValueError(f"timeout_s must be positive, but got {timeout_s}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` (a name or an IP address) is this machine's loopback interface."""
     if host == "localhost":
         return True
     try:

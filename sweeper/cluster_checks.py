@@ -7,7 +7,6 @@ so it finds node-local folders whatever the file system is called.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -15,6 +14,7 @@ from urllib.parse import urlparse
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from mlflow_server.server import is_loopback
 from sweeper.spec import SpecError
 
 # Seconds to wait for the probe tasks; a node busy starting workers can take a while.
@@ -58,22 +58,13 @@ def check_shared_storage(storage: Path, nodes: list[dict]) -> None:
 def check_tracking_reachable(tracking_uri: str, nodes: list[dict], driver_address: str) -> None:
     """Raise a one-line error if the tracking URI is a loopback address while trials run on other machines."""
     host = urlparse(tracking_uri).hostname or ""
-    if not _is_loopback(host):
+    if not is_loopback(host):
         return
     remote = sorted({node["NodeManagerAddress"] for node in nodes} - {driver_address})
-    remote = [address for address in remote if not _is_loopback(address)]
+    remote = [address for address in remote if not is_loopback(address)]
     if remote:
         raise SpecError(
             f"tracking URI {tracking_uri} is a loopback address, which trials on {', '.join(remote)} cannot reach; "
             "start the server with 'sweeper mlflow serve --host 0.0.0.0' (behind a firewall) and pass "
             "--tracking-uri http://HEAD-NODE-ADDRESS:PORT"
         )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

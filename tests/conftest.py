@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from mlflow_server import ServerInfo, start_server, stop_server
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SWEEPER_SHARED", PROJECT_ROOT.parent / "shared"))
 DATA_ROOT = SHARED / "data"
@@ -88,3 +90,12 @@ def small_segmenter(tmp_path_factory: pytest.TempPathFactory) -> SmallSegmenter:
         torch.set_num_threads(threads)
     path = save_segmenter(model, settings, report, tmp_path_factory.mktemp("segmenter") / "head-segmenter.pt")
     return SmallSegmenter(model=model, report=report, records=records, path=path, epochs=epochs)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    """Start an MLflow server on loopback for one test module, and stop it afterwards."""
+    root = tmp_path_factory.mktemp("mlflow")
+    info = start_server(root)
+    yield info
+    stop_server(root)

@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from mlflow_server import ServerInfo, start_server, stop_server
+from mlflow_server import ServerInfo
 from sweeper.cluster_checks import check_tracking_reachable
 from sweeper.spec import SpecError
 from tests.test_resume import SPEC
@@ -27,14 +27,6 @@ from tests.test_resume import SPEC
 pytestmark = pytest.mark.slow
 
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
-    root = tmp_path_factory.mktemp("mlflow")
-    info = start_server(root)
-    yield info
-    stop_server(root)
 
 
 @pytest.fixture(scope="module")

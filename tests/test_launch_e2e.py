@@ -11,13 +11,12 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_server import ServerInfo, start_server, stop_server
+from mlflow_server import ServerInfo
 from tests.conftest import DATA_ROOT, PROJECT_ROOT, SONONET16
 
 pytestmark = pytest.mark.slow
@@ -42,14 +41,6 @@ def ray_process_count() -> int:
     """Count Ray's cluster processes on this machine (GCS server and raylets)."""
     listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     return sum(1 for line in listing.splitlines() if "gcs_server" in line or "/raylet" in line)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
-    root = tmp_path_factory.mktemp("mlflow")
-    info = start_server(root)
-    yield info
-    stop_server(root)
 
 
 @pytest.fixture(scope="module")

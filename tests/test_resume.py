@@ -15,14 +15,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mlflow_server import ServerInfo, start_server, stop_server
+from mlflow_server import ServerInfo
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -48,14 +47,6 @@ SPEC = {
     "search": {"sampling": "grid", "parameters": {"training.seed": {"values": [0, 1]}}},
     "resources": {"cpus": 1, "max_concurrent_trials": 1},
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
-    root = tmp_path_factory.mktemp("mlflow")
-    info = start_server(root)
-    yield info
-    stop_server(root)
 
 
 def checkpoint_count(folder: Path, trial_suffix: str) -> int:
