@@ -246,14 +246,24 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
             status = "KILLED"
             raise
         finally:
-            tracking.client.set_terminated(sweep_run_id, status=status)
             write_driver_state(sweep_folder, {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"))
+            _end_sweep_run(tracking.client, sweep_run_id, status)
     finally:
         if started_ray:
             disconnect_ray()
     summary["mlflow_url"] = tracking.experiment_url(experiment_id)
     summary["storage"] = str(launch.storage / spec.name)
     return summary
+
+
+def _end_sweep_run(client: Any, run_id: str, status: str) -> None:
+    """Mark the sweep's MLflow run as ended; an unreachable server costs a warning, not the summary."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_terminated(run_id, status=status)
+    except MlflowException as error:
+        logger.warning("could not mark the sweep's MLflow run %s as %s: %s", run_id, status, str(error).splitlines()[0])
 
 
 def resume_options(name: str, *, storage: Path | None, address: str | None, tracking_uri: str | None) -> LaunchOptions:
