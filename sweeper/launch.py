@@ -8,6 +8,7 @@ prepared once on the driver and shared with the trials.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ class LaunchOptions:
     name: str | None = None
     new: bool = False
     resume: bool = False
+    raw: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, Any]:
         """Return the options as JSON data, stored with the sweep so that `sweeper resume` can repeat them."""
@@ -65,6 +67,10 @@ class LaunchOptions:
             "name": self.name,
         }
 
+    def with_spec(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Return :meth:`to_record` with the validated spec, so a resume runs exactly what was launched."""
+        return {**self.to_record(), "spec": raw}
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LaunchOptions:
         """Rebuild the options of a launch from :meth:`to_record`'s output."""
@@ -75,6 +81,7 @@ class LaunchOptions:
             tracking_uri=record.get("tracking_uri"),
             storage=Path(record["storage"]) if record.get("storage") else None,
             name=record.get("name"),
+            raw=record.get("spec") if isinstance(record.get("spec"), dict) else None,
         )
 
 
@@ -93,7 +100,15 @@ class PreparedLaunch:
 
 
 def load_spec(options: LaunchOptions) -> tuple[dict[str, Any], SweepSpec]:
-    """Read the spec file, apply ``--set`` and ``--name``, and validate it with its search space."""
+    """Read the spec file, apply ``--set`` and ``--name``, and validate it with its search space.
+
+    A resume uses the spec recorded at launch instead, so later edits of the file cannot change it.
+    """
+    if options.raw is not None:
+        raw = options.raw
+        spec = validate(raw)
+        check_search_space(raw, spec)
+        return raw, spec
     raw = load_yaml(options.spec_path)
     for override in options.overrides:
         key, value = parse_override(override)
@@ -133,7 +148,7 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     lpips_state = load_lpips_weights(lpips_weights)
     if not options.resume:
         _claim_sweep_folder(sweep_folder, replace=options.new)
-        write_launch_record(sweep_folder, options.to_record())
+        write_launch_record(sweep_folder, options.with_spec(raw))
     return PreparedLaunch(
         raw=raw,
         spec=spec,
@@ -192,12 +207,33 @@ def run_sweep(options: LaunchOptions, echo: Callable[[str], None] = print) -> di
     """
     launch = prepare_launch(options)
     sweep_folder = launch.storage / launch.spec.name
+    lock = _lock_driver(sweep_folder)
     try:
         return _run_prepared(options, launch, echo)
     except BaseException:
         if not options.resume and not any(sweep_folder.glob("experiment_state-*.json")):
             shutil.rmtree(sweep_folder, ignore_errors=True)
         raise
+    finally:
+        lock.close()
+
+
+def _lock_driver(sweep_folder: Path) -> Any:
+    """Hold an exclusive lock on the sweep folder for this driver, so two drivers never run one sweep.
+
+    NOTE: ``flock`` is not shared between hosts on every network file system; the lock then
+    only guards against a second driver on the same machine.
+    """
+    handle = (sweep_folder / ".driver.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise LaunchError(
+            f"sweep {sweep_folder.name!r} is being run by another sweeper process on this machine; "
+            "wait for it to end, or stop it first"
+        ) from None
+    return handle
 
 
 def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable[[str], None]) -> dict[str, Any]:

@@ -73,7 +73,12 @@ def _write(name: str, storage: Path | None, out: Path | None, split: str, folder
         raise click.ClickException(f"split {split!r} has no results in sweep {name!r}; pass --split with one of: {', '.join(splits)}")
 
     progress = sweep_progress(results, _tune_states(name, storage))
-    written = write_report(results, (out or folder / "report").expanduser(), sweep=name, split=split, progress=progress)
+    destination = (out or folder / "report").expanduser()
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"cannot create the report folder {str(destination)!r} ({error.strerror}); pass another --out") from None
+    written = write_report(results, destination, sweep=name, split=split, progress=progress)
     click.echo(f"Sweep {name}, {split} split. {progress.text()}")
     for group, table in written.table1:
         seeds = ", ".join(str(seed) for seed in group.seeds)

@@ -33,6 +33,7 @@ def results_from_mlflow(sweep_folder: Path, destination: Path, *, tracking_uri: 
             "pass --source files to report from the storage folder"
         )
     uri = tracking_uri or record["uri"]
+    _check_responds(uri, sweep_folder.name)
     client = MlflowClient(uri)
     try:
         trial_runs = _children(client, record["experiment_id"], record["sweep_run_id"])
@@ -51,6 +52,19 @@ def results_from_mlflow(sweep_folder: Path, destination: Path, *, tracking_uri: 
             "start the server (sweeper mlflow serve), pass --tracking-uri, or pass --source files"
         ) from None
     return destination
+
+
+def _check_responds(uri: str, sweep: str) -> None:
+    """Fail at once, in one line, when the tracking server does not respond, rather than after MLflow's retries."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        raise click.ClickException(
+            f"MLflow at {uri} does not respond ({type(error).__name__}), so the runs of sweep {sweep!r} cannot be read; "
+            "if the server moved, pass its address with --tracking-uri, or pass --source files"
+        ) from None
 
 
 def _children(client: object, experiment_id: str, parent_run_id: str) -> list:

@@ -652,6 +652,18 @@ def check_consistency(spec: SweepSpec) -> None:
             f"spec field 'evaluation.splits': got {evaluation.splits}, but the post-processing search fits on 'val' "
             "and reports on 'test'; add both, or set evaluation.postprocess.enabled: false"
         )
+    postprocess = evaluation.postprocess
+    if postprocess.enabled and postprocess.storage is not None and "://" not in postprocess.storage:
+        raise SpecError(
+            f"spec field 'evaluation.postprocess.storage': got {postprocess.storage!r}, expected an Optuna RDB URL "
+            "such as sqlite:////shared/postprocess.db or postgresql://host/db, or null for a journal file per trial"
+        )
+    own_maps = set(postprocess.maps) - {"autoddpm"}
+    if postprocess.enabled and not own_maps and set(evaluation.methods) != {"autoddpm"}:
+        raise SpecError(
+            f"spec field 'evaluation.postprocess.maps': got {postprocess.maps}, but AnoDDPM cells have no 'autoddpm' "
+            "map; add at least one of 'mae', 'lpips', 'mae_lpips'"
+        )
     if spec.search.sampling == "optuna" and "val" not in evaluation.splits:
         raise SpecError(
             f"spec field 'search.sampling': got 'optuna', which optimises {spec.search.metric} on the 'val' split, "

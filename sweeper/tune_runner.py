@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 import mlflow_server
 import pipelines
@@ -62,7 +64,8 @@ def connect_ray(address: str | None, spec: SweepSpec) -> bool:
     runtime_env: dict[str, Any] = {"env_vars": environment}
     try:
         if address is None:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+            # "local" always starts a new instance, never one that `ray start` left on this machine.
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
         else:
             # The project's code travels with the job, so cluster nodes need no copy of it.
             runtime_env["py_modules"] = [
@@ -133,6 +136,10 @@ def run_tuner(
         run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
     )
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+    if spec.search.sampling == "optuna":
+        # Trials report search.metric only in their final result; without this Tune rejects the
+        # progress reports before it.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if restore:
         tuner = tune.Tuner.restore(
             str(launch.storage / spec.name), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -178,9 +185,19 @@ def build_search_alg(spec: SweepSpec) -> Searcher | BasicVariantGenerator:
     if spec.search.sampling != "optuna":
         # Tune ignores TuneConfig.max_concurrent_trials for a variant generator passed in, so it gets the limit here.
         return BasicVariantGenerator(random_state=spec.search.seed, max_concurrent=spec.resources.max_concurrent_trials or 0)
-    from ray.tune.search.optuna import OptunaSearch
+    return FinalResultOptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.search.seed)
 
-    return OptunaSearch(metric=spec.search.metric, mode=spec.search.mode, seed=spec.search.seed)
+
+class FinalResultOptunaSearch(OptunaSearch):
+    """Tune's Optuna searcher, fed only by results that contain the searched metric.
+
+    A trial reports its progress (training loss, cells done) many times, and the metric
+    only at its end. The stock searcher reads the metric from every result.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
 
 
 @contextmanager

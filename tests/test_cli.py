@@ -51,6 +51,8 @@ CASES = [
     ([DEMO, "--set", "data.image_size=24"], r"Error: spec field 'data.image_size': got 24, expected at least 31 pixels, the smallest input that LPIPS"),
     ([DEMO, "--set", "search.parameters={data.image_size: {values: [32, 64]}}"], r"Error: spec field 'search.parameters.data.image_size': the data is prepared once per sweep"),
     ([DEMO, "--set", "evaluation.postprocess.sigmas=[-1]"], r"Error: spec field 'evaluation.postprocess.sigmas': got \[-1\], expected smoothing sigmas"),
+    ([DEMO, "--set", "evaluation.postprocess.storage=notaurl"], r"Error: spec field 'evaluation.postprocess.storage': got 'notaurl', expected an Optuna RDB URL"),
+    ([DEMO, "--set", "evaluation.postprocess.maps=[autoddpm]"], r"Error: spec field 'evaluation.postprocess.maps': got \['autoddpm'\], but AnoDDPM cells have no 'autoddpm' map"),
     ([DEMO, "--set", "search.sampling=bayes"], r"Error: spec field 'search.sampling': got 'bayes', input should be 'grid', 'random' or 'optuna'"),
 ]
 

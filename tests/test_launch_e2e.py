@@ -146,8 +146,8 @@ def test_cells_log_intervals_and_the_postprocessing_search(runs: dict) -> None:
     for cell in runs["cell"]:
         metrics, params = cell.data.metrics, cell.data.params
         for split in ("val", "test"):
-            assert metrics[f"{split}/auprc_low"] <= metrics[f"{split}/auprc"] <= metrics[f"{split}/auprc_high"]
-            assert metrics[f"{split}/auroc_low"] <= metrics[f"{split}/auroc"] <= metrics[f"{split}/auroc_high"]
+            assert metrics[f"{split}/ci_auprc_low"] <= metrics[f"{split}/auprc"] <= metrics[f"{split}/ci_auprc_high"]
+            assert metrics[f"{split}/ci_auroc_low"] <= metrics[f"{split}/auroc"] <= metrics[f"{split}/ci_auroc_high"]
         assert params["postprocess.map"] in {"mae", "lpips", "mae_lpips", "autoddpm"}
         assert {"postprocess.sigma", "postprocess.head_mask", "postprocess.score"} <= set(params)
         counts = sum(metrics[f"postprocess/test_{name}"] for name in ("tp", "tn", "fp", "fn"))

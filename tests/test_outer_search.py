@@ -11,6 +11,8 @@ import math
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ import pytest
 import ray
 from ray import tune
 
+from mlflow_server import ServerInfo
 from sweeper.search_space import param_space
 from sweeper.spec import SpecError, validate
 from sweeper.tune_runner import build_search_alg
+from tests.conftest import PROJECT_ROOT
 from tests.test_spec import minimal_spec
 
 TRIALS = 3
@@ -129,3 +133,20 @@ def test_searcher_keeps_observations_across_restore(tmp_path: Path, local_ray: N
     assert observed == [result.config["training.lr"] for result in first]
     # Every trial has its own configuration: nothing ran twice.
     assert len({result.config["training.lr"] for result in results}) == TRIALS
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_the_real_trial(server: ServerInfo, tmp_path: Path) -> None:
+    """The real trial reports progress without the searched metric; only its final result has it."""
+    parameters = "search.parameters={training.lr: {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}}"
+    command = [
+        str(Path(sys.executable).parent / "sweeper"), "launch", str(PROJECT_ROOT / "configs" / "demo.yaml"),
+        "--tracking-uri", server.uri, "--storage", str(tmp_path / "sweeps"), "--name", "optuna",
+        "--set", "search.sampling=optuna", "--set", "search.num_samples=2", "--set", parameters,
+        "--set", "training.epochs=1", "--set", "evaluation.t=[5]", "--set", "evaluation.methods={anoddpm: [gaussian]}",
+        "--set", "evaluation.postprocess.n_trials=2", "--set", "evaluation.bootstrap.n_resamples=100",
+        "--set", "data.sources.0.healthy=40", "--set", "data.sources.0.pathological=12",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "SWEEPER_HOME": str(tmp_path)})
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.stdout.count("TERMINATED") >= 2

@@ -207,3 +207,15 @@ def test_launch_refuses_an_existing_name(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert "sweeper resume demo" in completed.stderr
     assert "--new" in completed.stderr
+
+
+def test_second_driver_on_one_sweep_rejected(tmp_path: Path) -> None:
+    from sweeper.launch import LaunchError, _lock_driver
+
+    first = _lock_driver(tmp_path)
+    try:
+        with pytest.raises(LaunchError, match="being run by another sweeper process"):
+            _lock_driver(tmp_path)
+    finally:
+        first.close()
+    _lock_driver(tmp_path).close()

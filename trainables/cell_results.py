@@ -47,7 +47,8 @@ def split_result(
         seed=bootstrap.seed,
     )
     for name, interval in intervals.items():
-        metrics[f"{name}_low"], metrics[f"{name}_high"] = interval.low, interval.high
+        # Named ci_*, so tables do not read the bounds as AUPRC of a map called "low" or "high".
+        metrics[f"ci_{name}_low"], metrics[f"ci_{name}_high"] = interval.low, interval.high
     if split.lesion_masks is not None and split.lesion_masks.any():
         metrics.update(_pixel_metrics(outputs, split, reference or (outputs, split)))
     return SplitResult(

@@ -91,7 +91,7 @@ def restore_state() -> TrialState | None:
             logger.warning("trial checkpoint %s is unreadable (%s: %s); trying the one before it", folder, type(error).__name__, error)
     raise RuntimeError(
         f"no readable trial checkpoint in {str(newest.parent)!r} (tried {len(candidates)}); "
-        "remove the trial's checkpoint_* folders to restart it from zero"
+        "start the sweep over with 'sweeper launch SPEC --name NAME --new' (the old folder is kept)"
     )
 
 
