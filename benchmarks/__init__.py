@@ -53,7 +53,7 @@ class Row:
 
     ``ratio`` is ``median_s / baseline_median_s``: below 1 the command is faster than its
     baseline, or, where the baseline is a whole step that contains the command, the
-    command's share of that step. A skipped row has no times and says why in ``note``.
+    command's share of that step. A skipped row has no times, and ``note`` gives the reason.
     """
 
     name: str
@@ -115,8 +115,8 @@ def machine_for(device: torch.device | str) -> Machine:
 class Context:
     """Settings of one benchmark run, shared by every benchmark in it.
 
-    ``quick`` asks for small sizes and few runs, for tests; its times are not comparable
-    with full runs. ``repeats`` timed runs follow ``warmup`` untimed ones.
+    ``quick`` selects small sizes, for tests, so its times are not comparable with full
+    runs. ``repeats`` timed runs follow ``warmup`` untimed ones.
     """
 
     quick: bool = False

@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m benchmarks [NAME ...] [--quick] [--repeats N] [--out PATH]``.
+"""Run the benchmarks: ``python -m benchmarks [NAME ...] [--quick] [--repeats N] [--threads N] [--out PATH]``.
 
 Every module of this package with a ``BENCHMARKS`` dictionary is a topic. NAME selects a
 topic (``noise``) or one benchmark of it (``noise.simplex_cpu``); no NAME runs them all.
@@ -23,6 +23,9 @@ import benchmarks
 from benchmarks import Context, Row
 
 DEFAULT_OUT = Path(benchmarks.__file__).resolve().parent / "results" / "latest.json"
+
+DEFAULT_REPEATS = 7
+QUICK_REPEATS = 2
 
 Benchmark = Callable[[Context], list[Row]]
 
@@ -108,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments.list:
         print("\n".join(sorted(available)))
         return
-    repeats = arguments.repeats if arguments.repeats is not None else (2 if arguments.quick else 7)
+    repeats = arguments.repeats
+    if repeats is None:
+        repeats = QUICK_REPEATS if arguments.quick else DEFAULT_REPEATS
     if repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, but got {repeats}")
     if arguments.threads is not None:

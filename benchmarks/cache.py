@@ -2,9 +2,9 @@
 
 Both paths run ``sweeper.data_setup.prepare_data`` (which calls
 ``pipelines.data.dataset.prepare_dataset``) on the synthetic phantoms of
-``configs/demo.yaml``. The baseline, a cache miss, starts from an empty cache folder each
-run; the command, a cache hit, reads the entry that one earlier preparation wrote. The
-ratio is the hit's time over the miss's time, so its inverse is the speed-up.
+``configs/demo.yaml``. The baseline is a cache miss: each run starts from an empty cache
+folder. The command is a cache hit, which reads the entry that an earlier preparation
+wrote. The ratio is the hit's time over the miss's time, so its inverse is the speed-up.
 ``--quick`` prepares 12 phantoms in place of 160.
 """
 

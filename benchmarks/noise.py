@@ -8,7 +8,11 @@ PyTorch time over the opensimplex time, so below 1 is faster.
 ``share_cpu`` and ``share_gpu`` time one noise draw against one full training step
 (``train_ddpm``) and one reverse step (``denoise_step``) that draw the same noise, for the
 tiny preset at the size of ``configs/demo.yaml`` and the reference preset at 128 px. The
-ratio is the share of the step spent on noise; the aim is at most 0.1.
+ratio is the share of the step spent on noise, and the aim is at most 0.1.
+
+``steps_cpu`` times whole training and reverse steps of the tiny preset with
+``SimplexNoise`` against the same steps with opensimplex noise drawn in the same process, as
+``SimplexNoise`` drew it before. The ratio is the new step's time over the old one's.
 
 ``--quick`` shrinks images and batches so that the rows only check that everything runs.
 """
@@ -21,22 +25,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from benchmarks import Context, Row, Timing, machine_for
-from benchmarks._opensimplex_baseline import FREQUENCY, PERSISTENCE, STEP
+from benchmarks._opensimplex_baseline import FREQUENCY, PERSISTENCE, STEP, OpensimplexNoise
+from benchmarks._steps import StepCase, Steps
 from pipelines.diffusion.noise import SimplexNoise
 from pipelines.diffusion.simplex_torch import fractal_noise
-from pipelines.diffusion.training import TrainingSettings, train_ddpm
-from pipelines.methods.reverse import denoise_step
-from sweeper.spec import SweepSpec, load_yaml, set_dotted, validate
-from trainables.builders import build_model, build_schedule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OCTAVES = 6
-# Training steps timed per run of train_ddpm, so that its set-up is spread over several steps.
-TRAIN_STEPS = 3
 # The GPU draw must take under this long for a batch of 64.
 GPU_TARGET_S = 5e-3
 
@@ -76,7 +75,7 @@ def simplex_gpu(context: Context) -> list[Row]:
 
 
 def _draw_row(context: Context, name: str, case: DrawCase, device: torch.device, *, compile: bool, target_s: float | None = None) -> Row:
-    """Time ``fractal_noise`` for ``case`` on ``device`` and opensimplex for the same seeds and step."""
+    """Time ``fractal_noise`` for ``case`` on ``device`` and opensimplex for the same sizes and step."""
     seeds, steps = list(range(case.batch)), [STEP] * case.batch
 
     def draw() -> None:
@@ -97,42 +96,38 @@ def _draw_command(case: DrawCase, device: str, compile: bool) -> str:
 
 
 def _baseline_command(case: DrawCase) -> str:
-    arguments = f"{case.batch} {case.size} {OCTAVES} WARMUP REPEATS"
+    arguments = f"draw {case.batch} {case.size} {OCTAVES} WARMUP REPEATS"
     return f"OMP_WAIT_POLICY=PASSIVE python -m benchmarks._opensimplex_baseline {arguments} (opensimplex + numba, CPU)"
 
 
 def _time_opensimplex(context: Context, case: DrawCase) -> Timing:
     """Time opensimplex in a child process, with the context's warm-up and repeats."""
-    arguments = [str(value) for value in (case.batch, case.size, OCTAVES, max(context.warmup, 1), context.repeats)]
-    environment = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    arguments = [case.batch, case.size, OCTAVES, max(context.warmup, 1), context.repeats]
+    return Timing(tuple(_run_opensimplex("draw", arguments, {"OMP_WAIT_POLICY": "PASSIVE"})))
+
+
+def _run_opensimplex(mode: str, arguments: list[object], environment: dict[str, str]) -> Any:
+    """Run ``_opensimplex_baseline`` in a child process and return the JSON it prints."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks._opensimplex_baseline", *arguments],
+        [sys.executable, "-m", "benchmarks._opensimplex_baseline", mode, *(str(argument) for argument in arguments)],
         capture_output=True,
         text=True,
-        check=True,
-        env=environment,
+        env={**os.environ, **environment},
         cwd=Path(__file__).resolve().parents[1],
     )
-    return Timing(tuple(json.loads(result.stdout)))
-
-
-@dataclass(frozen=True)
-class StepCase:
-    """A model preset trained and run at ``size`` px with batches of ``batch``, from ``spec``'s settings."""
-
-    label: str
-    spec: str
-    preset: str
-    size: int
-    batch: int
+    if result.returncode != 0:
+        raise RuntimeError(f"the opensimplex baseline failed with exit status {result.returncode}: {result.stderr.strip()}")
+    return json.loads(result.stdout)
 
 
 # configs/demo.yaml: the tiny preset at 32 px with batches of 16. The reference preset runs
 # at 128 px, the size of configs/paper.yaml, but in smaller batches on the CPU.
 DEMO_TINY = StepCase("tiny", "demo.yaml", "tiny", 32, 16)
 QUICK_TINY = StepCase("tiny", "demo.yaml", "tiny", 32, 2)
-CPU_REFERENCE = StepCase("reference", "paper.yaml", "reference", 128, 4)
+CPU_REFERENCE = StepCase("reference", "paper.yaml", "reference", 128, 2)
 GPU_REFERENCE = StepCase("reference", "paper.yaml", "reference", 128, 32)
+SOURCE = "SimplexNoise()"
+OPENSIMPLEX_SOURCE = "opensimplex noise (python -m benchmarks._opensimplex_baseline steps ...)"
 
 
 def share_cpu(context: Context) -> list[Row]:
@@ -140,7 +135,7 @@ def share_cpu(context: Context) -> list[Row]:
     device = torch.device("cpu")
     if context.quick:
         return _share_rows(context, QUICK_TINY, device)
-    return _share_rows(context, DEMO_TINY, device) + _share_rows(context, CPU_REFERENCE, device, repeats=min(context.repeats, 3))
+    return _share_rows(context, DEMO_TINY, device) + _share_rows(context, CPU_REFERENCE, device, repeats=min(context.repeats, 2))
 
 
 def share_gpu(context: Context) -> list[Row]:
@@ -149,7 +144,11 @@ def share_gpu(context: Context) -> list[Row]:
     if not torch.cuda.is_available():
         return [
             context.skipped(
-                f"share_gpu_{case.label}_{kind}", command=_noise_command(case), baseline=_step_command(case, kind), device="cuda", reason="CUDA is not available"
+                f"share_gpu_{case.label}_{kind}",
+                command=case.noise_command(SOURCE),
+                baseline=case.step_command(kind, SOURCE),
+                device="cuda",
+                reason="CUDA is not available",
             )
             for case in cases
             for kind in ("train", "reverse")
@@ -159,55 +158,46 @@ def share_gpu(context: Context) -> list[Row]:
 
 def _share_rows(context: Context, case: StepCase, device: torch.device, *, repeats: int | None = None) -> list[Row]:
     """Return the train-step and reverse-step rows of ``case`` on ``device``."""
-    spec = _load_spec(case)
-    model = build_model(spec, "simplex").to(device)
-    schedule = build_schedule(spec, device)
-    simplex = spec.model.simplex
-    noise = SimplexNoise(octaves=simplex.octaves, persistence=simplex.persistence, frequency=simplex.frequency)
-    generator = torch.Generator(device=device).manual_seed(0)
-    shape = (case.batch, 1, case.size, case.size)
-    images = torch.rand(shape, generator=generator, device=device)
-    t = torch.randint(1, schedule.T + 1, (case.batch,), generator=generator, device=device)
-    settings = TrainingSettings(batch_size=case.batch, lr=spec.training.lr, steps=TRAIN_STEPS)
+    steps = Steps(case, device, _simplex_noise(case))
     prefix = f"share_{device.type}_{case.label}"
     context.log(f"{prefix}: {case.preset} preset, batch {case.batch} at {case.size} px on {device}")
-
-    def draw() -> None:
-        noise(shape, t, generator)
-
-    def train() -> None:
-        train_ddpm(model, schedule, images, noise_type="simplex", noise=noise, settings=settings, generator=generator)
-
-    def reverse() -> None:
-        denoise_step(model, schedule, images * 2 - 1, t, noise=noise, generator=generator, clip=(-1.0, 1.0))
-
-    noise_timing = context.time(draw, device=device, repeats=repeats)
-    train_runs = context.time(train, device=device, repeats=repeats)
-    train_timing = Timing(tuple(seconds / TRAIN_STEPS for seconds in train_runs.seconds))
-    reverse_timing = context.time(reverse, device=device, repeats=repeats)
+    noise_timing = context.time(steps.draw, device=device, repeats=repeats)
+    train_timing = steps.time_train(context, repeats=repeats)
+    reverse_timing = context.time(steps.reverse, device=device, repeats=repeats)
     machine = machine_for(device)
     note = f"{case.preset} preset, batch {case.batch}, {case.size} px; aim: ratio <= 0.1"
+    command = case.noise_command(SOURCE)
     return [
-        Row(f"{prefix}_train", machine, _noise_command(case), _step_command(case, "train"), noise_timing, train_timing, note=note),
-        Row(f"{prefix}_reverse", machine, _noise_command(case), _step_command(case, "reverse"), noise_timing, reverse_timing, note=note),
+        Row(f"{prefix}_train", machine, command, case.step_command("train", SOURCE), noise_timing, train_timing, note=note),
+        Row(f"{prefix}_reverse", machine, command, case.step_command("reverse", SOURCE), noise_timing, reverse_timing, note=note),
     ]
 
 
-def _load_spec(case: StepCase) -> SweepSpec:
-    raw = load_yaml(CONFIGS / case.spec)
-    for key, value in {"model.preset": case.preset, "data.image_size": case.size, "training.batch_size": case.batch}.items():
-        raw = set_dotted(raw, key, value)
-    return validate(raw)
+def steps_cpu(context: Context) -> list[Row]:
+    """Time whole steps with ``SimplexNoise`` against the same steps with opensimplex noise.
+
+    The opensimplex steps run in a child process, under the default ``OMP_WAIT_POLICY``, as
+    ``SimplexNoise`` ran before ``simplex_torch`` (see ``_opensimplex_baseline``).
+    """
+    case = QUICK_TINY if context.quick else DEMO_TINY
+    device = torch.device("cpu")
+    context.log(f"steps_cpu: {case.preset} preset, batch {case.batch} at {case.size} px, with each noise source")
+    steps = Steps(case, device, _simplex_noise(case))
+    train_timing, reverse_timing = steps.time_train(context), context.time(steps.reverse)
+    arguments = [case.spec, case.preset, case.size, case.batch, torch.get_num_threads(), context.warmup, context.repeats]
+    old = _run_opensimplex("steps", arguments, {})
+    machine = machine_for(device)
+    note = f"{case.preset} preset, batch {case.batch}, {case.size} px"
+    rows = []
+    for kind, timing in (("train", train_timing), ("reverse", reverse_timing)):
+        command, baseline = case.step_command(kind, SOURCE), case.step_command(kind, OPENSIMPLEX_SOURCE)
+        rows.append(Row(f"steps_cpu_{kind}", machine, command, baseline, timing, Timing(tuple(old[kind])), note=note))
+    return rows
 
 
-def _noise_command(case: StepCase) -> str:
-    return f"SimplexNoise()(({case.batch}, 1, {case.size}, {case.size}), t, generator)"
-
-
-def _step_command(case: StepCase, kind: str) -> str:
-    if kind == "train":
-        return f"train_ddpm({case.preset} UNet, {case.batch} images of {case.size} px, steps={TRAIN_STEPS}) / {TRAIN_STEPS}"
-    return f"denoise_step({case.preset} UNet, batch {case.batch} at {case.size} px)"
+def _simplex_noise(case: StepCase) -> SimplexNoise:
+    simplex = case.load_spec().model.simplex
+    return SimplexNoise(octaves=simplex.octaves, persistence=simplex.persistence, frequency=simplex.frequency)
 
 
 BENCHMARKS = {
@@ -215,4 +205,5 @@ BENCHMARKS = {
     "simplex_gpu": simplex_gpu,
     "share_cpu": share_cpu,
     "share_gpu": share_gpu,
+    "steps_cpu": steps_cpu,
 }

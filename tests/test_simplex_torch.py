@@ -59,7 +59,7 @@ def test_noise3_equals_opensimplex_at_random_points(seed: int) -> None:
 
 def test_noise3_breaks_ties_like_opensimplex() -> None:
     # Eighths of a unit put many points exactly on cell and region borders, where the two
-    # extra lattice points switch; a tie broken the other way would be off by about 1e-4.
+    # extra lattice points switch. A tie broken the other way would be off by about 1e-4.
     values = np.arange(-8, 17) / 8
     points = np.array(list(itertools.product(values, repeat=3)))
     simplex = opensimplex.OpenSimplex(42)

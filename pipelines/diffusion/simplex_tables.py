@@ -1,8 +1,8 @@
 """Tables for 3D OpenSimplex noise: each seed's permutation and the extra lattice points of each case.
 
 Both reproduce ``opensimplex`` 0.4.5.1 (``opensimplex/internals.py``): ``permutations``
-builds the tables of ``_init``, and ``EXTRA_OFFSETS`` holds the two extra lattice points
-that ``_noise3`` adds to the corners of the region a point lies in.
+builds the tables of ``_init``, and ``EXTRA_OFFSETS`` contains the two extra lattice points
+that ``_noise3`` adds to the corners of the region that contains a point.
 """
 
 from __future__ import annotations
