@@ -19,6 +19,7 @@ t = 1 to 6, 2 training steps, 1 grid image) on whatever device there is, to test
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -58,6 +59,10 @@ class CheckSize:
     grid_images: int
 
 
+# NOTE: the 5-minute budget is an estimate from FLOP counts, not a measurement. The reference
+# UNet needs 188 GFLOP per image and forward pass at 128 px, so training needs about 3.6 PFLOP
+# and the grid about 150,000 image passes (28 PFLOP): about 3.5 minutes at 150 TFLOP/s.
+# --grid-images and --train-steps shrink the check if it runs over.
 FULL = CheckSize(overrides={}, train_steps=200, warmup_steps=10, batch_size=32, grid_images=32)
 SMOKE = CheckSize(
     overrides={
@@ -203,12 +208,25 @@ def time_grid(spec: SweepSpec, size: CheckSize, device: torch.device, distance: 
     return len(cells), time.perf_counter() - start, passes[0]
 
 
-def run_check(*, smoke: bool, lpips_weights: str | None, peak_tflops: float | None) -> Report:
-    """Run the three steps and return their report."""
+def run_check(
+    *,
+    smoke: bool,
+    lpips_weights: str | None,
+    peak_tflops: float | None,
+    train_steps: int | None = None,
+    grid_images: int | None = None,
+) -> Report:
+    """Run the three steps and return their report; ``train_steps`` and ``grid_images`` override the size's."""
     if not smoke and not torch.cuda.is_available():
         raise SystemExit("gpu_check needs a CUDA device, but torch.cuda.is_available() is False; run with --smoke to test it on the CPU")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = SMOKE if smoke else FULL
+    if train_steps is not None:
+        size = dataclasses.replace(size, train_steps=train_steps)
+    if grid_images is not None:
+        size = dataclasses.replace(size, grid_images=grid_images)
+    if size.train_steps < 1 or size.grid_images < 1:
+        raise SystemExit(f"--train-steps and --grid-images must be at least 1, but got {size.train_steps} and {size.grid_images}")
     spec = load_spec(size)
     try:
         distance = PerceptualDistance(lpips_weights).to(device)
@@ -250,10 +268,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device, to test the script")
     parser.add_argument("--lpips-weights", default=None, help="LPIPS weights file (default: $SWEEPER_LPIPS_WEIGHTS)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the share reached")
+    parser.add_argument("--train-steps", type=int, default=None, help="training steps to time (default 200, 2 with --smoke)")
+    parser.add_argument("--grid-images", type=int, default=None, help="phantoms to evaluate (default 32, 1 with --smoke)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})")
     arguments = parser.parse_args(argv)
 
-    report = run_check(smoke=arguments.smoke, lpips_weights=arguments.lpips_weights, peak_tflops=arguments.peak_tflops)
+    report = run_check(
+        smoke=arguments.smoke,
+        lpips_weights=arguments.lpips_weights,
+        peak_tflops=arguments.peak_tflops,
+        train_steps=arguments.train_steps,
+        grid_images=arguments.grid_images,
+    )
     print("\n".join(report.lines()))
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
