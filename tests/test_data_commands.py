@@ -359,6 +359,7 @@ def test_prepare_warns_on_low_dice_segmenter(hc18_folder: Path, tmp_path: Path, 
     model, report = train_head_segmenter(data.images, data.masks, data.ids, settings, groups=data.groups)
     path = save_segmenter(model, settings, report, tmp_path / "quick.pt")
 
+    caplog.clear()  # listing HC18 above logs its own warnings
     with caplog.at_level(logging.WARNING):
         _load_segmenter(path, "data.curation.segmentation.weights")
 
