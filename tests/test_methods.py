@@ -8,8 +8,9 @@ import torch
 from pipelines.diffusion.noise import GaussianNoise, SimplexNoise
 from pipelines.diffusion.schedule import DiffusionSchedule
 from pipelines.diffusion.unet import build_unet
-from pipelines.methods.anoddpm import anoddpm_reconstruct
+from pipelines.methods.anoddpm import anoddpm_reconstruct, anoddpm_reconstruct_ragged
 from pipelines.methods.autoddpm import AutoDDPMSettings, anomaly_mask, autoddpm, likelihood_map, resample_inpaint
+from pipelines.methods.draws import draw_noise
 from pipelines.methods.reverse import reverse_process
 
 
@@ -67,6 +68,55 @@ def test_anoddpm_reproducible_under_seed(model: CountingModel) -> None:
     first = anoddpm_reconstruct(model, schedule, images, 4, noise_type="gaussian", noise=GaussianNoise(), generator=generator())
     second = anoddpm_reconstruct(model, schedule, images, 4, noise_type="gaussian", noise=GaussianNoise(), generator=generator())
     assert torch.equal(first, second)
+
+
+def sample_generators(count: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(100 + index) for index in range(count)]
+
+
+@pytest.mark.parametrize("noise", [GaussianNoise(), SimplexNoise(octaves=2)], ids=["gaussian", "simplex"])
+def test_per_sample_draws_ignore_batch(noise: object) -> None:
+    steps = torch.tensor([4, 2, 7])
+    together = draw_noise(noise, (3, 1, 8, 8), steps, sample_generators(3))
+    alone = draw_noise(noise, (1, 1, 8, 8), steps[2:], sample_generators(3)[2:])
+    assert torch.equal(together[2:], alone)
+    assert not torch.equal(together[0], together[1])
+
+
+def test_per_sample_draws_reject_wrong_count() -> None:
+    with pytest.raises(ValueError, match=r"one per sample \(3\), but got 2 generators"):
+        draw_noise(GaussianNoise(), (3, 1, 8, 8), torch.tensor([1, 1, 1]), sample_generators(2))
+
+
+@pytest.mark.parametrize("noise", [GaussianNoise(), SimplexNoise(octaves=2)], ids=["gaussian", "simplex"])
+def test_ragged_anoddpm_equals_one_t_at_a_time(model: CountingModel, noise: object) -> None:
+    schedule = DiffusionSchedule(20)
+    torch.manual_seed(2)
+    images = torch.rand(4, 1, 16, 16)
+    levels = [3, 1, 3, 2]
+    noise_type = "gaussian" if isinstance(noise, GaussianNoise) else "simplex"
+    ragged = anoddpm_reconstruct_ragged(
+        model, schedule, images, levels, noise_type=noise_type, noise=noise, generators=sample_generators(4)
+    )
+    # The countdown runs max(t) steps, and images join as it reaches their t.
+    assert [len(steps) for steps in model.timesteps] == [2, 3, 4]
+    assert [steps[0] for steps in model.timesteps] == [2, 1, 0]
+
+    for index, level in enumerate(levels):
+        alone = anoddpm_reconstruct(
+            model, schedule, images[index : index + 1], level, noise_type=noise_type, noise=noise,
+            generator=sample_generators(4)[index : index + 1],
+        )
+        torch.testing.assert_close(ragged[index : index + 1], alone, rtol=0, atol=1e-6)
+
+
+def test_ragged_anoddpm_rejects_bad_input(model: CountingModel) -> None:
+    schedule = DiffusionSchedule(10)
+    images = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"one entry per image \(2\), but got 1 and 2"):
+        anoddpm_reconstruct_ragged(model, schedule, images, [3], noise_type="gaussian", noise=GaussianNoise(), generators=sample_generators(2))
+    with pytest.raises(ValueError, match=r"noise level t must be between 1 and T=10, but got 11"):
+        anoddpm_reconstruct_ragged(model, schedule, images, [3, 11], noise_type="gaussian", noise=GaussianNoise(), generators=sample_generators(2))
 
 
 def constructed_pair() -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pipelines.diffusion.noise import NoiseSource, data_range, from_model_range, to_model_range
 from pipelines.diffusion.schedule import DiffusionSchedule
 from pipelines.methods.anoddpm import anoddpm_reconstruct
+from pipelines.methods.draws import Generators, draw_noise
 from pipelines.methods.reverse import check_step, denoise_step
 
 # Maps a pair of image batches in [0, 1] to a spatial distance map of shape (B, 1, H, W).
@@ -90,7 +91,7 @@ def resample_inpaint(
     t_inpaint: int,
     resample_steps: int,
     noise: NoiseSource,
-    generator: torch.Generator,
+    generator: Generators,
     clip: tuple[float, float],
 ) -> torch.Tensor:
     """Inpaint the masked region of ``stitched`` while keeping ``known`` outside it (model range).
@@ -104,7 +105,7 @@ def resample_inpaint(
     device = stitched.device
 
     def draw(steps: torch.Tensor) -> torch.Tensor:
-        return noise(tuple(stitched.shape), steps, generator).to(device)
+        return draw_noise(noise, tuple(stitched.shape), steps, generator).to(device)
 
     steps = torch.full((batch,), t_inpaint, device=device, dtype=torch.long)
     x = schedule.q_sample(stitched, steps, draw(steps))
@@ -132,12 +133,46 @@ def autoddpm(
     *,
     noise_type: str,
     noise: NoiseSource,
-    generator: torch.Generator,
+    generator: Generators,
     distance: SpatialDistance,
     settings: AutoDDPMSettings,
 ) -> AutoDDPMOutput:
-    """Run AutoDDPM at noise level ``t`` on ``images`` (B, 1, H, W in [0, 1])."""
+    """Run AutoDDPM at noise level ``t`` on ``images`` (B, 1, H, W in [0, 1]).
+
+    ``generator`` is one generator for the batch or one per image.
+    """
     coarse = anoddpm_reconstruct(model, schedule, images, t, noise_type=noise_type, noise=noise, generator=generator)
+    return autoddpm_from_coarse(
+        model,
+        schedule,
+        images,
+        coarse,
+        noise_type=noise_type,
+        noise=noise,
+        generator=generator,
+        distance=distance,
+        settings=settings,
+    )
+
+
+@torch.no_grad()
+def autoddpm_from_coarse(
+    model: torch.nn.Module,
+    schedule: DiffusionSchedule,
+    images: torch.Tensor,
+    coarse: torch.Tensor,
+    *,
+    noise_type: str,
+    noise: NoiseSource,
+    generator: Generators,
+    distance: SpatialDistance,
+    settings: AutoDDPMSettings,
+) -> AutoDDPMOutput:
+    """Run AutoDDPM's stages 2 to 6 on ``images`` and their coarse reconstructions, both in [0, 1].
+
+    Every image goes through the same ``t_inpaint`` re-sampling steps, so images whose
+    coarse reconstructions came from different noise levels share one batch.
+    """
     likelihood = likelihood_map(images, coarse, distance, settings.residual_percentile)
     mask = anomaly_mask(
         likelihood,

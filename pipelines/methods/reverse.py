@@ -6,6 +6,7 @@ import torch
 
 from pipelines.diffusion.noise import NoiseSource
 from pipelines.diffusion.schedule import DiffusionSchedule
+from pipelines.methods.draws import Generators, draw_noise
 
 
 @torch.no_grad()
@@ -16,12 +17,12 @@ def denoise_step(
     t: torch.Tensor,
     *,
     noise: NoiseSource,
-    generator: torch.Generator,
+    generator: Generators,
     clip: tuple[float, float],
 ) -> torch.Tensor:
     """Take one reverse step x_t to x_{t-1}, drawing the stochastic term from ``noise``."""
     eps = model(x_t, t - 1)
-    z = noise(tuple(x_t.shape), t, generator).to(x_t.device)
+    z = draw_noise(noise, tuple(x_t.shape), t, generator).to(x_t.device)
     return schedule.p_sample(x_t, t, eps, z, clip=clip)
 
 
@@ -33,7 +34,7 @@ def reverse_process(
     t: int,
     *,
     noise: NoiseSource,
-    generator: torch.Generator,
+    generator: Generators,
     clip: tuple[float, float],
 ) -> torch.Tensor:
     """Run exactly ``t`` reverse steps from x_t to x_0, one UNet call per step."""
