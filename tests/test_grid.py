@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -84,6 +85,18 @@ def test_cell_reproducible_under_seed(model, split, distance) -> None:
     first, second = run(cell, model, split, distance), run(cell, model, split, distance)
     assert np.array_equal(first.reconstructions, second.reconstructions)
     assert summarize_cell(first) == summarize_cell(second)
+
+
+def test_cell_independent_of_batch_size(model, split, distance) -> None:
+    # Every image draws its noise from its own generator, so batching does not change its reconstruction.
+    cell = GridCell("autoddpm", "gaussian", 2)
+    whole = run(cell, model, split, distance)
+    settings = dataclasses.replace(SETTINGS, batch_size=3)
+    chunked = evaluate_cell(
+        cell, model, DiffusionSchedule(20), split, split="test", noise=make_noise(cell.noise), distance=distance, settings=settings
+    )
+    np.testing.assert_allclose(chunked.reconstructions, whole.reconstructions, atol=1e-5)
+    np.testing.assert_allclose(chunked.scores[chunked.score_map], whole.scores[whole.score_map], atol=1e-5)
 
 
 def summaries() -> list[CellSummary]:

@@ -18,7 +18,7 @@ from pipelines.data.dataset import PreparedSplit
 from pipelines.diffusion.noise import NoiseSource
 from pipelines.diffusion.schedule import DiffusionSchedule
 from pipelines.methods.anoddpm import anoddpm_reconstruct
-from pipelines.methods.autoddpm import AutoDDPMSettings, autoddpm
+from pipelines.methods.autoddpm import AutoDDPMOutput, AutoDDPMSettings, autoddpm
 from pipelines.metrics.detection import auprc, auroc
 from pipelines.metrics.image import mae, ssim
 from pipelines.metrics.lpips import PerceptualDistance
@@ -27,6 +27,9 @@ from pipelines.metrics.maps import anomaly_maps, image_scores
 METHOD_LABELS = {"anoddpm": "AnoDDPM", "autoddpm": "AutoDDPM"}
 NOISE_LABELS = {"gaussian": "Gaussian", "simplex": "Simplex"}
 AUTODDPM_MAP = "autoddpm"
+
+# Per-image seeds are drawn below the largest int64, the highest bound torch.randint accepts.
+_IMAGE_SEED_LIMIT = 2**63 - 1
 
 
 @dataclass(frozen=True, order=True)
@@ -85,6 +88,19 @@ def cell_seed(seed: int, cell: GridCell, split: str) -> int:
     return zlib.crc32(f"{seed}/{cell.name}/{split}".encode())
 
 
+def image_generators(
+    seed: int, cell: GridCell, split: str, count: int, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
+    """Return one generator per image of a split for one cell, seeded from :func:`cell_seed`.
+
+    Each image draws its noise from its own generator, so its reconstruction does not depend
+    on the batch size or on which other images and cells share its batch.
+    """
+    root = torch.Generator().manual_seed(cell_seed(seed, cell, split))
+    seeds = torch.randint(0, _IMAGE_SEED_LIMIT, (count,), generator=root).tolist()
+    return [torch.Generator(device=device).manual_seed(image_seed) for image_seed in seeds]
+
+
 @torch.no_grad()
 def evaluate_cell(
     cell: GridCell,
@@ -100,29 +116,59 @@ def evaluate_cell(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> CellOutputs:
     """Reconstruct and score every image of ``data`` for one grid cell."""
-    generator = torch.Generator(device=device).manual_seed(cell_seed(settings.seed, cell, split))
+    generators = image_generators(settings.seed, cell, split, len(data), device)
     images = torch.tensor(data.images)  # a copy: shared arrays may be read-only
     masks = torch.tensor(data.head_masks)
     collected: dict[str, list[torch.Tensor]] = {}
 
     for start in range(0, len(data), settings.batch_size):
         batch = images[start : start + settings.batch_size].to(device)
-        parts = _reconstruct(cell, model, schedule, batch, noise=noise, generator=generator, distance=distance, settings=settings)
-        maps = anomaly_maps(batch, parts["reconstruction"], list(settings.anomaly_maps), distance=distance)
-        if cell.method == "autoddpm":
-            maps[AUTODDPM_MAP] = parts["anomaly_map"]
+        parts = _reconstruct(
+            cell,
+            model,
+            schedule,
+            batch,
+            noise=noise,
+            generators=generators[start : start + settings.batch_size],
+            distance=distance,
+            settings=settings,
+        )
         batch_masks = masks[start : start + settings.batch_size].to(device)
-        for name, value in maps.items():
-            _append(collected, f"map/{name}", value)
-            _append(collected, f"score/{name}", image_scores(value, batch_masks))
-        _append(collected, "metric/mae", mae(batch, parts["reconstruction"]))
-        _append(collected, "metric/ssim", ssim(batch, parts["reconstruction"]))
-        _append(collected, "metric/lpips", distance(batch, parts["reconstruction"]))
-        for name, value in parts.items():
-            _append(collected, f"part/{name}", value)
+        collect_batch(collected, cell, batch, batch_masks, parts, distance=distance, settings=settings)
         if on_batch is not None:
             on_batch(min(start + settings.batch_size, len(data)), len(data))
 
+    return cell_outputs(cell, split, data, collected, settings)
+
+
+def collect_batch(
+    collected: dict[str, list[torch.Tensor]],
+    cell: GridCell,
+    batch: torch.Tensor,
+    batch_masks: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+    *,
+    distance: PerceptualDistance,
+    settings: GridSettings,
+) -> None:
+    """Append one batch's anomaly maps, image scores, image metrics and reconstruction parts to ``collected``."""
+    maps = anomaly_maps(batch, parts["reconstruction"], list(settings.anomaly_maps), distance=distance)
+    if cell.method == "autoddpm":
+        maps[AUTODDPM_MAP] = parts["anomaly_map"]
+    for name, value in maps.items():
+        _append(collected, f"map/{name}", value)
+        _append(collected, f"score/{name}", image_scores(value, batch_masks))
+    _append(collected, "metric/mae", mae(batch, parts["reconstruction"]))
+    _append(collected, "metric/ssim", ssim(batch, parts["reconstruction"]))
+    _append(collected, "metric/lpips", distance(batch, parts["reconstruction"]))
+    for name, value in parts.items():
+        _append(collected, f"part/{name}", value)
+
+
+def cell_outputs(
+    cell: GridCell, split: str, data: PreparedSplit, collected: dict[str, list[torch.Tensor]], settings: GridSettings
+) -> CellOutputs:
+    """Assemble the outputs of one cell from the batches that :func:`collect_batch` collected."""
     arrays = {key: torch.cat(values).cpu().numpy() for key, values in collected.items()}
     return CellOutputs(
         cell=cell,
@@ -143,6 +189,23 @@ def evaluate_cell(
     )
 
 
+def autoddpm_parts(output: AutoDDPMOutput) -> dict[str, torch.Tensor]:
+    """Return the parts of an AutoDDPM pass that :func:`collect_batch` records."""
+    return {
+        "reconstruction": output.reconstruction,
+        "coarse": output.coarse,
+        "mask": output.mask,
+        "stitched": output.stitched,
+        "anomaly_map": output.anomaly_map,
+    }
+
+
+def check_method(method: str) -> None:
+    """Raise unless ``method`` is a method of the grid."""
+    if method not in METHOD_LABELS:
+        raise ValueError(f"method must be one of {sorted(METHOD_LABELS)}, but got {method!r}")
+
+
 def _reconstruct(
     cell: GridCell,
     model: torch.nn.Module,
@@ -150,35 +213,28 @@ def _reconstruct(
     batch: torch.Tensor,
     *,
     noise: NoiseSource,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     distance: PerceptualDistance,
     settings: GridSettings,
 ) -> dict[str, torch.Tensor]:
+    check_method(cell.method)
     if cell.method == "anoddpm":
         reconstruction = anoddpm_reconstruct(
-            model, schedule, batch, cell.t, noise_type=cell.noise, noise=noise, generator=generator
+            model, schedule, batch, cell.t, noise_type=cell.noise, noise=noise, generator=generators
         )
         return {"reconstruction": reconstruction}
-    if cell.method == "autoddpm":
-        output = autoddpm(
-            model,
-            schedule,
-            batch,
-            cell.t,
-            noise_type=cell.noise,
-            noise=noise,
-            generator=generator,
-            distance=distance.spatial,
-            settings=settings.autoddpm,
-        )
-        return {
-            "reconstruction": output.reconstruction,
-            "coarse": output.coarse,
-            "mask": output.mask,
-            "stitched": output.stitched,
-            "anomaly_map": output.anomaly_map,
-        }
-    raise ValueError(f"method must be 'anoddpm' or 'autoddpm', but got {cell.method!r}")
+    output = autoddpm(
+        model,
+        schedule,
+        batch,
+        cell.t,
+        noise_type=cell.noise,
+        noise=noise,
+        generator=generators,
+        distance=distance.spatial,
+        settings=settings.autoddpm,
+    )
+    return autoddpm_parts(output)
 
 
 def summarize_cell(outputs: CellOutputs) -> dict[str, float]:
