@@ -135,7 +135,8 @@ def test_resume_finishes_the_sweep(resumed: dict) -> None:
 
 def test_truncated_checkpoint_falls_back(resumed: dict) -> None:
     output = resumed["completed"].stdout + resumed["completed"].stderr
-    assert resumed["checkpoints_before_resume"] == 2
+    # Tune may not yet have removed the oldest of keep=2 when the driver dies.
+    assert resumed["checkpoints_before_resume"] >= 2
     assert "is unreadable" in output
     assert "trying the one before it" in output
 
