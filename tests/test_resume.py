@@ -1,8 +1,8 @@
 """Resume after a killed driver: `sweeper launch` is SIGKILLed mid-sweep, then `sweeper resume` finishes it.
 
 The sweep runs two trials one after the other on synthetic phantoms. The driver is killed
-once the second trial has written two checkpoints, and the newest checkpoint is then
-truncated, so the resumed trial must fall back to the one before it. The test then checks
+once the second trial has written three checkpoints, and all but the oldest are then
+truncated, so the resumed trial must fall back to an older one. The test then checks
 for one MLflow run per trial and per cell, no (metric, step) pair logged
 twice, and the finished trial left untouched.
 """
@@ -36,7 +36,7 @@ SPEC = {
         "split": {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2},
     },
     "model": {"preset": "tiny", "T": 20, "reference_T": 1000},
-    "training": {"epochs": EPOCHS, "batch_size": 16, "lr": 1e-3, "checkpoint": {"every_epochs": 2, "keep": 2}},
+    "training": {"epochs": EPOCHS, "batch_size": 16, "lr": 1e-3, "checkpoint": {"every_epochs": 2, "keep": 3}},
     "evaluation": {
         "methods": {"anoddpm": ["gaussian"]},
         "t": [2, 4],
@@ -77,8 +77,8 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
     )
     try:
         deadline = time.monotonic() + 900
-        # Two checkpoints of the second trial, so the newest can be damaged and the one before it used.
-        while checkpoint_count(sweep, "00001") < 2:
+        # Three checkpoints of the second trial, so the two newest can be damaged and the oldest used.
+        while checkpoint_count(sweep, "00001") < 3:
             assert driver.poll() is None, (work / "launch.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the second trial wrote no checkpoint in time"
             time.sleep(0.5)
@@ -93,8 +93,11 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
     before = {path: path.stat().st_mtime_ns for path in first_trial.rglob("*") if path.is_file()}
     second_trial = sorted(sweep.glob("run_trial_*_00001_*"))[0]
     checkpoints = sorted(second_trial.glob("checkpoint_*"))
-    newest = checkpoints[-1] / "trial-state.pt"
-    newest.write_bytes(newest.read_bytes()[:100])  # a checkpoint cut short
+    # Tune's saved state names the newest checkpoint or, if the driver died before recording
+    # it, the one before. Both are cut short, so the resumed trial must fall back to the oldest.
+    for checkpoint in checkpoints[1:]:
+        state_file = checkpoint / "trial-state.pt"
+        state_file.write_bytes(state_file.read_bytes()[:100])
 
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("resume")
@@ -135,8 +138,7 @@ def test_resume_finishes_the_sweep(resumed: dict) -> None:
 
 def test_truncated_checkpoint_falls_back(resumed: dict) -> None:
     output = resumed["completed"].stdout + resumed["completed"].stderr
-    # Tune may not yet have removed the oldest of keep=2 when the driver dies.
-    assert resumed["checkpoints_before_resume"] >= 2
+    assert resumed["checkpoints_before_resume"] >= 3
     assert "is unreadable" in output
     assert "trying the one before it" in output
 
