@@ -13,7 +13,7 @@ counts.
 100-step chain) on the CPU. ``ragged_gpu`` runs ``configs/paper.yaml`` (the reference
 preset at 128 px, t = 50 to 300) on CUDA and reports images per second for the whole grid.
 ``--quick`` shrinks both to 32 px, t = 2, 4, 6 and four images. Without LPIPS weights a
-row is skipped and says why. A trial runs with as many torch threads as the spec's
+row is skipped, with the reason. A trial runs with as many torch threads as the spec's
 ``resources.cpus``, so ``--threads 1`` matches a trial of ``configs/fbau-cpu.yaml``.
 """
 
