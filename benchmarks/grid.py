@@ -48,8 +48,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 QUICK_HEALTHY = QUICK_PATHOLOGICAL = 2
 
-# NOTE: not measured. We expect one run of the paper's grid to take minutes on one GPU,
-# so the GPU row is timed at most this many times.
+# NOTE: an estimate, never measured: one run of the paper's grid should take minutes on one
+# GPU, so the GPU row is timed at most this many times.
 GPU_MAX_REPEATS = 2
 
 

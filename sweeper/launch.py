@@ -162,7 +162,7 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
 
 
 def check_resumable(sweep_folder: Path) -> None:
-    """Raise a one-line error unless ``sweep_folder`` holds a sweep that Tune can restore and no driver runs it."""
+    """Raise a one-line error unless ``sweep_folder`` contains a sweep that Tune can restore and no driver runs it."""
     name = sweep_folder.name
     if not sweep_folder.is_dir():
         raise LaunchError(f"no sweep {name!r} in {str(sweep_folder.parent)!r}; pass the --storage it was launched with")

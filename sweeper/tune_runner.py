@@ -83,7 +83,7 @@ def connect_ray(address: str | None, spec: SweepSpec) -> bool:
 
 
 def check_cluster(launch: PreparedLaunch, tracking_uri: str) -> None:
-    """On a cluster of several nodes, check that every node sees the storage folder and can reach the tracking server."""
+    """On a cluster of several nodes, check that every node can read the storage folder and can reach the tracking server."""
     from ray.util import get_node_ip_address
 
     from sweeper.cluster_checks import alive_nodes, check_shared_storage, check_tracking_reachable

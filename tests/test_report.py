@@ -349,13 +349,13 @@ def test_pooled_std_equals_std_of_pooled_images() -> None:
     assert math.isclose(pooled["auprc"], statistics.fmean(float(r[0]) for r in runs), rel_tol=1e-12)
 
 
-def test_report_compares_the_table1_cells_on_the_same_images(tmp_path: Path) -> None:
+def test_report_pairs_table1_cells(tmp_path: Path) -> None:
     sweep = tmp_path / "sweeps" / "paired"
     add_trial(sweep, "p_00000", {}, 0, CELLS)
     result = run_report("paired", "--storage", str(tmp_path / "sweeps"))
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO((sweep / "report" / "config-1" / "comparisons.csv").read_text(encoding="utf-8"))))
-    # Table 1 holds AnoDDPM at t=5 and AutoDDPM at t=10 (chosen on validation): one pair.
+    # Table 1 contains AnoDDPM at t=5 and AutoDDPM at t=10 (chosen on validation): one pair.
     assert len(rows) == 1
     row = rows[0]
     assert (row["Cell A"], row["Cell B"]) == ("AnoDDPM-Gaussian(t=5)", "AutoDDPM-Gaussian(t=10)")

@@ -32,9 +32,9 @@ FORMAT_VERSION = 1
 class TrialState:
     """What a trial has done so far, by noise type and by grid cell.
 
-    ``models`` contains the weights of every model that finished training, ``training`` the state
-    of the one in progress, ``cells`` the results record (as JSON data) of every evaluated
-    cell, and ``cell_runs`` the MLflow run id of every cell that has one.
+    ``models`` contains the weights of every model that finished training, and ``training``
+    the state of the one in progress. ``cells`` contains the results record (as JSON data) of
+    every evaluated cell, and ``cell_runs`` the MLflow run id of every cell that has one.
     """
 
     trial_run_id: str

@@ -301,7 +301,7 @@ def _image_scores(trial: TrialResults, cell: GridCell, split: str) -> ImageScore
 
 
 def _paired(a: ImageScores, b: ImageScores, metric: str) -> PairedComparison:
-    """Run the paired bootstrap, by group where every group holds one label, else by image."""
+    """Run the paired bootstrap, by group where every group contains one label, else by image."""
     labels_by_group: dict[str, set[int]] = defaultdict(set)
     for group, label in zip(a.groups, a.labels):
         labels_by_group[group].add(label)

@@ -91,7 +91,7 @@ class ImageScores:
 class SplitResult:
     """The summary metrics of one cell on one split, with intervals for AUPRC and AUROC.
 
-    ``image_scores`` holds the per-image scores behind AUPRC and AUROC, where the trial kept them.
+    ``image_scores`` contains the per-image scores behind AUPRC and AUROC, where the trial kept them.
     """
 
     metrics: dict[str, float]
