@@ -69,8 +69,9 @@ class InterruptAfter(tune.Callback):
 
 def saved_study(experiment: Path) -> optuna.Study:
     """Read the Optuna study out of the searcher state Tune saved in the experiment folder."""
-    # Each driver session writes its own file; the newest contains the latest state.
-    state_file = max(experiment.glob("searcher-state-*.pkl"), key=lambda path: path.stat().st_mtime)
+    # Each driver session writes its own file, named by the session's start time. Tune copies
+    # all of them to storage at once, so their modification times cannot tell them apart.
+    state_file = max(experiment.glob("searcher-state-*.pkl"), key=lambda path: path.name)
     with state_file.open("rb") as handle:
         state = pickle.load(handle)
     return state["_ot_study"]
