@@ -2,7 +2,9 @@
 
 The server stores runs in ``<root>/mlflow.db`` (SQLite) and serves artifacts through its
 own REST API into ``<root>/artifacts``, so clients need only the tracking URI. It runs
-detached from the caller and is recorded in ``<root>/server.json`` until stopped.
+detached from the caller and is recorded in ``<root>/server.json`` until stopped. With
+credentials it runs MLflow's basic-auth app (see :mod:`mlflow_server.auth`), and a running
+server is reused only by callers that request the same auth mode.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from pathlib import Path
 
 import requests
 
+from mlflow_server.auth import (
+    AUTH_DATABASE_FILE_NAME,
+    BasicAuthCredentials,
+    auth_server_environment,
+    check_admin_password,
+    check_credentials,
+)
 from mlflow_server.process import (
     is_alive,
     is_server_process,
@@ -50,10 +59,15 @@ HEALTH_POLL_INTERVAL_S = 0.25
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
-def network_exposure_warning(host: str) -> str | None:
+def network_exposure_warning(host: str, *, auth: bool = False) -> str | None:
     """Return the warning for binding to ``host``, or None when ``host`` is loopback."""
     if is_loopback(host):
         return None
+    if auth:
+        return (
+            f"binding to {host} exposes the tracking server to the network, and basic auth sends "
+            "passwords unencrypted over plain HTTP; put a TLS proxy in front of it"
+        )
     return (
         f"binding to {host} exposes the tracking server to the network; "
         "anyone who can reach it can read and change runs"
@@ -79,6 +93,7 @@ def start_server(
     port: int | None = None,
     timeout_s: float = START_TIMEOUT_S,
     log_exposure: bool = True,
+    auth: BasicAuthCredentials | None = None,
 ) -> ServerInfo:
     """Start ``mlflow server`` for ``root`` and wait until its ``/health`` returns 200.
 
@@ -86,12 +101,13 @@ def start_server(
     ``root`` is already running, when the port is taken, or when the server exits or
     does not become healthy within ``timeout_s`` seconds (it is then stopped). A host
     that is not loopback is logged as a warning unless ``log_exposure`` is False, for
-    callers that show the warning themselves.
+    callers that show the warning themselves. With ``auth`` the server runs MLflow's
+    basic-auth app with that user as admin, and it is stopped again if it rejects them.
     """
     root = resolve_root(root)
     _check_start_arguments(host, port, timeout_s)
     with root_lock(root):
-        return _start_locked(root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure)
+        return _start_locked(root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure, auth=auth)
 
 
 def find_running(root: Path | str) -> ServerInfo | None:
@@ -135,18 +151,25 @@ def ensure_server(
     port: int | None = None,
     timeout_s: float = START_TIMEOUT_S,
     log_exposure: bool = True,
+    auth: BasicAuthCredentials | None = None,
 ) -> tuple[ServerInfo, bool]:
     """Reuse the healthy server running for ``root``, or start one.
 
     Returns the server and whether this call started it. A reused server keeps the host
-    and port it was started with.
+    and port it was started with. Raises ServerError when the running server's auth mode
+    differs from the one ``auth`` requests, and CredentialsError when it rejects ``auth``.
     """
     root = resolve_root(root)
     _check_start_arguments(host, port, timeout_s)
     with root_lock(root):
         running = find_running(root)
         if running is None:
-            return _start_locked(root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure), True
+            started = _start_locked(
+                root, host=host, port=port, timeout_s=timeout_s, log_exposure=log_exposure, auth=auth
+            )
+            return started, True
+
+        _check_reused_auth(running, auth)
 
         requested_port_differs = port is not None and port != running.port
         if host != running.host or requested_port_differs:
@@ -205,7 +228,42 @@ def wait_for_exit(info: ServerInfo, *, poll_interval_s: float = 1.0) -> None:
         time.sleep(poll_interval_s)
 
 
-def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float, log_exposure: bool = True) -> ServerInfo:
+def _check_reused_auth(running: ServerInfo, auth: BasicAuthCredentials | None) -> None:
+    """Reject reusing ``running`` with another auth mode, and check ``auth`` against it."""
+    requested = "none" if auth is None else "basic"
+    if running.auth != requested:
+        raise ServerError(
+            f"the MLflow server (pid {running.pid}) running for {running.root} at {running.uri} has auth "
+            f"{running.auth!r}, but auth {requested!r} was requested; stop it with "
+            f"`sweeper mlflow stop --root {running.root}` so that the next start uses auth {requested!r}"
+        )
+    if auth is not None:
+        check_credentials(running.uri, auth)
+
+
+def _check_start_auth(root: Path, auth: BasicAuthCredentials | None) -> None:
+    """Reject a start without auth on a root that a basic-auth server has protected, and a too short admin password."""
+    if auth is not None:
+        check_admin_password(auth)
+        return
+
+    database = root / AUTH_DATABASE_FILE_NAME
+    if database.is_file() and database.stat().st_size > 0:
+        raise ServerError(
+            f"{root} was served with basic auth ({database} exists), so starting it without auth would "
+            f"open its runs to anyone; request basic auth, or delete {database} to switch auth off for good"
+        )
+
+
+def _start_locked(
+    root: Path,
+    *,
+    host: str,
+    port: int | None,
+    timeout_s: float,
+    log_exposure: bool = True,
+    auth: BasicAuthCredentials | None = None,
+) -> ServerInfo:
     """Start a server for ``root``, assuming the caller holds ``root_lock(root)``."""
     recorded = read_state(root)
     if recorded is not None and is_alive(recorded.pid) and is_server_process(recorded.pid):
@@ -215,7 +273,8 @@ def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float, 
             f"{recorded.uri}{health}. Stop it with `sweeper mlflow stop --root {root}`"
         )
 
-    warning = network_exposure_warning(host)
+    _check_start_auth(root, auth)
+    warning = network_exposure_warning(host, auth=auth is not None)
     if warning is not None and log_exposure:
         logger.warning(warning)
 
@@ -225,14 +284,24 @@ def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float, 
         _check_port_free(host, port)
 
     (root / ARTIFACTS_DIR_NAME).mkdir(parents=True, exist_ok=True)
+    environment = _server_environment()
+    if auth is not None:
+        environment.update(auth_server_environment(root, auth))
     process = spawn_detached(
-        _server_command(root, host, port),
-        env=_server_environment(),
+        _server_command(root, host, port, auth=auth is not None),
+        env=environment,
         log_file=log_path(root),
         cwd=root,
     )
-    info = ServerInfo(pid=process.pid, host=host, port=port, uri=_format_uri(host, port), root=root)
-    logger.info("Started MLflow server pid %d for %s at %s", info.pid, root, info.uri)
+    info = ServerInfo(
+        pid=process.pid,
+        host=host,
+        port=port,
+        uri=_format_uri(host, port),
+        root=root,
+        auth="none" if auth is None else "basic",
+    )
+    logger.info("Started MLflow server pid %d for %s at %s with auth %r", info.pid, root, info.uri, info.auth)
 
     started = time.monotonic()
     try:
@@ -240,6 +309,8 @@ def _start_locked(root: Path, *, host: str, port: int | None, timeout_s: float, 
         # be found and stopped.
         write_state(info)
         _wait_until_healthy(info, process, timeout_s)
+        if auth is not None:
+            check_credentials(info.uri, auth)
     except BaseException:
         try:
             terminate_group(info.pid, STOP_TIMEOUT_S)
@@ -283,7 +354,7 @@ def _wait_until_healthy(
         time.sleep(HEALTH_POLL_INTERVAL_S)
 
 
-def _server_command(root: Path, host: str, port: int) -> list[str]:
+def _server_command(root: Path, host: str, port: int, *, auth: bool = False) -> list[str]:
     executable = Path(sys.executable).parent / "mlflow"
     if executable.is_file() and os.access(executable, os.X_OK):
         launcher = [str(executable)]
@@ -306,6 +377,7 @@ def _server_command(root: Path, host: str, port: int) -> list[str]:
         str(port),
         "--workers",
         "1",
+        *(["--app-name", "basic-auth"] if auth else []),
     ]
 
 

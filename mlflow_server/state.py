@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ LOG_FILE_NAME = "server.log"
 LOCK_FILE_NAME = "server.lock"
 DATABASE_FILE_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "artifacts"
+
+# "basic" for a server that runs MLflow's basic-auth app, "none" for an open one.
+AuthMode = Literal["none", "basic"]
+AUTH_MODES: tuple[AuthMode, ...] = ("none", "basic")
 
 
 class ServerError(RuntimeError):
@@ -41,6 +46,7 @@ class ServerInfo:
     port: int
     uri: str
     root: Path
+    auth: AuthMode = "none"
 
     @property
     def log_file(self) -> Path:
@@ -74,6 +80,7 @@ def write_state(info: ServerInfo) -> None:
         "host": info.host,
         "port": info.port,
         "uri": info.uri,
+        "auth": info.auth,
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     descriptor, temporary_name = tempfile.mkstemp(
@@ -105,14 +112,19 @@ def read_state(root: Path) -> ServerInfo | None:
 
     try:
         record = json.loads(text)
+        # A file written before auth was recorded comes from a server without auth.
+        auth = record.get("auth", "none")
+        if auth not in AUTH_MODES:
+            raise ValueError(f"auth is {auth!r}, expected one of {', '.join(AUTH_MODES)}")
         return ServerInfo(
             pid=int(record["pid"]),
             host=str(record["host"]),
             port=int(record["port"]),
             uri=str(record["uri"]),
             root=root,
+            auth=cast(AuthMode, auth),
         )
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         logger.warning("Removing invalid MLflow server state file %s: %s", path, error)
         remove_state(root)
         return None

@@ -123,6 +123,7 @@ def load_spec(options: LaunchOptions) -> tuple[dict[str, Any], SweepSpec]:
 def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     """Validate everything that needs neither Ray nor MLflow: spec, data, storage, resources, weights."""
     raw, spec = load_spec(options)
+    _check_tracking_settings(options, spec)
     data_root = resolve_data_root(options, spec)
     check_sources(spec, data_root)
     storage = (options.storage or (Path(spec.storage).expanduser() if spec.storage else default_storage())).resolve()
@@ -159,6 +160,18 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
         lpips_weights=lpips_weights,
         lpips_state=lpips_state,
     )
+
+
+def _check_tracking_settings(options: LaunchOptions, spec: SweepSpec) -> None:
+    """Check the tracking URIs and, for tracking.auth: basic, that the credentials are in the environment.
+
+    Runs before launch.json is written, so a URI with a password in it is never stored.
+    """
+    from sweeper.tracking_setup import check_tracking_uri, tracking_credentials
+
+    check_tracking_uri(options.tracking_uri)
+    check_tracking_uri(spec.tracking.uri)
+    tracking_credentials(spec.tracking.auth)
 
 
 def check_resumable(sweep_folder: Path) -> None:
@@ -239,7 +252,7 @@ def _lock_driver(sweep_folder: Path) -> Any:
 def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable[[str], None]) -> dict[str, Any]:
     spec = launch.spec
 
-    from sweeper.tracking_setup import open_tracking
+    from sweeper.tracking_setup import open_tracking, tracking_credentials
     from sweeper.tune_runner import check_cluster, connect_ray, disconnect_ray, run_tuner
 
     sweep_folder = launch.storage / spec.name
@@ -247,7 +260,7 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     if options.resume and previous is None:
         raise LaunchError(f"sweep {spec.name!r} has no readable tracking.json, so its MLflow runs are unknown; start it over with --new")
     uri = options.tracking_uri or (previous["uri"] if previous else None) or spec.tracking.uri
-    tracking = open_tracking(uri, spec.tracking.server_root, echo=echo)
+    tracking = open_tracking(uri, spec.tracking.server_root, echo=echo, auth=tracking_credentials(spec.tracking.auth))
     echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
     data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)
     counts = data.counts()

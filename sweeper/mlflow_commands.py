@@ -17,6 +17,7 @@ from mlflow_server import (
     stop_server,
     wait_for_exit,
 )
+from mlflow_server.auth import BasicAuthCredentials, CredentialsError, credentials_from_environment
 
 _ROOT_OPTION = click.option(
     "--root",
@@ -55,16 +56,26 @@ def mlflow_group() -> None:
     is_flag=True,
     help="Return once the server is healthy and leave it running.",
 )
-def serve(root: Path | None, host: str, port: int | None, detach: bool) -> None:
+@click.option(
+    "--auth",
+    type=click.Choice(["none", "basic"]),
+    default="none",
+    show_default=True,
+    help="basic: run MLflow's basic-auth app, with MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD from the environment as its admin user.",
+)
+def serve(root: Path | None, host: str, port: int | None, detach: bool, auth: str) -> None:
     """Start or reuse the MLflow tracking server.
 
     Reuses the server already running for the --root folder if there is one, and
     prints the tracking URI and the UI URL. Without --detach the command stays in the
     foreground and stops the server it started on Ctrl-C or SIGTERM. With --detach it
-    returns and the server keeps running until `sweeper mlflow stop`.
+    returns and the server keeps running until `sweeper mlflow stop`. A running server
+    is reused only with the same --auth.
     """
     root = root or default_root()
-    warning = network_exposure_warning(host)
+    credentials = _credentials_for(auth)
+    warning = network_exposure_warning(host, auth=credentials is not None)
     if warning is not None:
         click.echo(f"Warning: {warning}", err=True)
 
@@ -74,7 +85,7 @@ def serve(root: Path | None, host: str, port: int | None, detach: bool) -> None:
     info: ServerInfo | None = None
     started = False
     try:
-        info, started = _start_or_reuse(root, host, port)
+        info, started = _start_or_reuse(root, host, port, credentials)
         if detach or not started:
             click.echo(f"Stop it with: sweeper mlflow stop --root {info.root}")
             return
@@ -117,10 +128,22 @@ def stop(root: Path | None) -> None:
         click.echo(f"Stopped MLflow server (pid {info.pid}) at {info.uri}")
 
 
-def _start_or_reuse(root: Path, host: str, port: int | None) -> tuple[ServerInfo, bool]:
+def _credentials_for(auth: str) -> BasicAuthCredentials | None:
+    """Read the admin credentials from the environment for ``--auth basic``, or return None for ``--auth none``."""
+    if auth == "none":
+        return None
+    try:
+        return credentials_from_environment()
+    except CredentialsError as error:
+        raise click.ClickException(f"--auth basic needs credentials, but {error}") from None
+
+
+def _start_or_reuse(
+    root: Path, host: str, port: int | None, credentials: BasicAuthCredentials | None
+) -> tuple[ServerInfo, bool]:
     """Start or reuse the server for ``root`` and print its tracking URI and UI URL."""
     try:
-        info, started = ensure_server(root, host=host, port=port, log_exposure=False)
+        info, started = ensure_server(root, host=host, port=port, log_exposure=False, auth=credentials)
     except OSError as error:
         raise click.ClickException(f"cannot use {root} as the server's folder: {error.strerror or error}; choose another --root") from error
     except (ServerError, ValueError) as error:
@@ -136,6 +159,11 @@ def _start_or_reuse(root: Path, host: str, port: int | None) -> tuple[ServerInfo
     else:
         click.echo(f"Reusing the MLflow server (pid {info.pid}) already running for {info.root}")
     click.echo(f"Tracking URI: {info.uri}")
+    if credentials is not None:
+        click.echo(
+            f"Basic auth: on; user {credentials.username!r} logs in with MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD"
+        )
     click.echo(f"UI: {info.uri}/")
     return info, started
 

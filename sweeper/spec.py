@@ -386,12 +386,23 @@ class EvaluationSpec(_Section):
     score_map: AnomalyMap = "mae_lpips"
     splits: list[EvalSplit] = Field(default_factory=lambda: ["val", "test"], min_length=1)
     batch_size: int = Field(32, ge=1)
+    # Samples (images times the t values run together) in one UNet call; None: batch_size images at a time.
+    max_batch_size: int | None = Field(None, ge=1)
     autoddpm: AutoDDPMSpec = Field(default_factory=AutoDDPMSpec)
     figure_examples: int = Field(3, ge=0, le=16)
     lpips_weights: str | None = None
     seed: int = 0
     postprocess: PostprocessSpec = Field(default_factory=PostprocessSpec)
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+
+    @model_validator(mode="after")
+    def _batch_holds_every_t(self) -> EvaluationSpec:
+        if self.max_batch_size is not None and self.max_batch_size < len(self.t):
+            raise ValueError(
+                f"max_batch_size must be at least the number of t values ({len(self.t)}), since every t of a "
+                f"method runs in one batch, but got {self.max_batch_size}"
+            )
+        return self
 
 
 # --- search, resources, tracking -------------------------------------------------------
@@ -472,6 +483,9 @@ class TrackingSpec(_Section):
     uri: str | None = None
     experiment: str | None = None
     server_root: str | None = None
+    # basic: log in with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, which are read
+    # from the environment only, and run the local server with MLflow's basic-auth app.
+    auth: Literal["none", "basic"] = "none"
 
 
 class SweepSpec(_Section):
@@ -679,6 +693,8 @@ def check_consistency(spec: SweepSpec) -> None:
 # --- error formatting ---------------------------------------------------------------------
 
 _SOURCE_KINDS = {"roboflow-multilabel", "folder-csv", "hc18", "synthetic"}
+# Unknown keys that look like credentials get a pointer to the environment variables.
+_CREDENTIAL_KEY = re.compile(r"user(name)?|login|pass(word|wd)?|secret|token|api_?key|credentials?|auth_\w+", re.IGNORECASE)
 _PARAMETER_TAGS = {"values-parameter", "distribution-parameter"}
 
 
@@ -690,6 +706,11 @@ def _describe(error: ValidationError) -> str:
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
 
     if first["type"] == "extra_forbidden":
+        if _CREDENTIAL_KEY.fullmatch(str(first["loc"][-1])):
+            return (
+                f"spec field '{field}' is not allowed: credentials are never read from the spec; remove it and "
+                f"export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, with tracking.auth: basic{more}"
+            )
         return f"unknown spec field '{field}'{_suggestion(first['loc'])}{more}"
     if first["type"] == "missing":
         return f"missing spec field '{field}': add it to the spec{more}"

@@ -22,7 +22,8 @@ import trainables
 from pipelines.reporting.results import RESULTS_FOLDER
 from sweeper.search_space import param_space
 from sweeper.spec import SpecError, SweepSpec
-from trainables.trial import SweepContext, run_trial
+from trainables.logged_in_trial import run_trial
+from trainables.trial import SweepContext
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -132,8 +133,14 @@ def run_tuner(
         sweep_run_id=sweep_run_id,
         results_dir=str(launch.storage / spec.name / RESULTS_FOLDER),
     )
+    # The credentials travel like the data, through the object store, so no file or log of the sweep contains them.
     trainable = tune.with_parameters(
-        run_trial, base_spec=launch.raw, data=data, lpips_state=launch.lpips_state, context=context
+        run_trial,
+        base_spec=launch.raw,
+        data=data,
+        lpips_state=launch.lpips_state,
+        context=context,
+        credentials=tracking.credentials,
     )
     trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     if spec.search.sampling == "optuna":

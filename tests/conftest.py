@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from mlflow_server import ServerInfo, start_server, stop_server
 
@@ -99,3 +101,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     info = start_server(root)
     yield info
     stop_server(root)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point SWEEPER_HOME into the test's folder, so the product's default folders stay there."""
+    monkeypatch.setenv("SWEEPER_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def launch(*arguments: str) -> tuple[int, str]:
+    """Run ``sweeper launch`` in this process and return its exit code and output."""
+    from sweeper.cli import cli
+
+    result = CliRunner().invoke(cli, ["launch", *arguments])
+    return result.exit_code, result.output

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from sweeper.cli import cli
-from tests.conftest import DATA_ROOT, PROJECT_ROOT
+from tests.conftest import DATA_ROOT, PROJECT_ROOT, free_port, launch
 
 DEMO = str(PROJECT_ROOT / "configs" / "demo.yaml")
 FBAU = str(PROJECT_ROOT / "configs" / "fbau-cpu.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SWEEPER_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-def launch(*arguments: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["launch", *arguments])
-    return result.exit_code, result.output
 
 
 CASES = [

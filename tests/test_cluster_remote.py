@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from mlflow_server import ServerInfo
+from tests.conftest import free_port
 from tests.test_resume import SPEC
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,6 @@ WORKER_NODE = textwrap.dedent(
         time.sleep(1)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_spec(work: Path, name: str) -> Path:
