@@ -9,7 +9,9 @@ twice, and the finished trial left untouched.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +55,21 @@ def checkpoint_count(folder: Path, trial_suffix: str) -> int:
     return len(list(folder.glob(f"run_trial_*_{trial_suffix}_*/checkpoint_*")))
 
 
+def recorded_checkpoint(folder: Path, trial_suffix: str) -> int:
+    """Return the index of the newest checkpoint of a trial that Tune's saved experiment state names, or -1."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return -1
+    try:
+        trials = json.loads(states[-1].read_text(encoding="utf-8"))["trial_data"]
+    except (OSError, ValueError, KeyError):
+        return -1  # caught while Tune rewrites it
+    for trial, metadata in trials:
+        if f'_{trial_suffix}"' in trial:
+            return max((int(index) for index in re.findall(r"checkpoint_(\d+)", metadata)), default=-1)
+    return -1
+
+
 def kill_group(process: subprocess.Popen) -> None:
     """Kill the driver's whole process group: Ray's own processes as well, as a crashed machine would lose them."""
     try:
@@ -77,8 +94,9 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
     )
     try:
         deadline = time.monotonic() + 900
-        # Three checkpoints of the second trial, so the two newest can be damaged and the oldest used.
-        while checkpoint_count(sweep, "00001") < 3:
+        # Tune must have recorded a checkpoint of the second trial after its first one, so that
+        # the checkpoint it restores from can be damaged while an older one is left intact.
+        while recorded_checkpoint(sweep, "00001") < 1 or checkpoint_count(sweep, "00001") < 3:
             assert driver.poll() is None, (work / "launch.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the second trial wrote no checkpoint in time"
             time.sleep(0.5)
@@ -93,9 +111,11 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
     before = {path: path.stat().st_mtime_ns for path in first_trial.rglob("*") if path.is_file()}
     second_trial = sorted(sweep.glob("run_trial_*_00001_*"))[0]
     checkpoints = sorted(second_trial.glob("checkpoint_*"))
-    # Tune's saved state names the newest checkpoint or, if the driver died before recording
-    # it, the one before. Both are cut short, so the resumed trial must fall back to the oldest.
-    for checkpoint in checkpoints[1:]:
+    # Damage the checkpoint Tune restores from and every newer one, so the resumed trial must
+    # fall back to an older one.
+    recorded = recorded_checkpoint(sweep, "00001")
+    assert any(int(checkpoint.name.split("_")[1]) < recorded for checkpoint in checkpoints)
+    for checkpoint in (checkpoint for checkpoint in checkpoints if int(checkpoint.name.split("_")[1]) >= recorded):
         state_file = checkpoint / "trial-state.pt"
         state_file.write_bytes(state_file.read_bytes()[:100])
 

@@ -8,6 +8,7 @@ trial produces is logged to MLflow over HTTP, under the sweep's parent run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
 from pipelines.diffusion.training import EpochStats, NonFiniteLossError, TrainingCheckpoint, train_ddpm
 from pipelines.diffusion.unet import count_parameters
-from pipelines.evaluation.grid import CellOutputs, GridCell, evaluate_cell, grid_cells
+from pipelines.evaluation.grid import CellOutputs, GridCell, grid_cells
+from pipelines.evaluation.ragged import evaluate_grid
 from pipelines.metrics.lpips import PerceptualDistance
 from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figure
 from pipelines.reporting.results import CellRecord, TrialRecord, write_cell, write_trial
@@ -245,56 +247,78 @@ def _evaluate(
     Cells already recorded in the trial's state are not evaluated again.
     """
     settings = grid_settings(spec)
-    stride = spec.schedule_stride
     cells = grid_cells(spec.evaluation.methods, spec.evaluation.t)
     results = Path(context.results_dir)
-    summaries: list[CellSummary] = []
-    for number, cell in enumerate(cells, start=1):
-        if cell.name in state.cells:
-            record = _CELL_RECORD.validate_python(state.cells[cell.name])
-            summaries.extend(
-                CellSummary(cell, split, result.metrics, intervals=result.intervals) for split, result in record.splits.items()
+    records = {name: _CELL_RECORD.validate_python(saved) for name, saved in state.cells.items()}
+    pending = [cell for cell in cells if cell.name not in records]
+    for group in _cell_groups(pending):
+        model, schedule = models[group[0].noise]
+        # Every t of the group in one ragged batch per split: the same outputs as cell by cell.
+        by_split = {
+            split: evaluate_grid(
+                group,
+                {group[0].noise: model},
+                schedule,
+                data.splits[split],
+                split=split,
+                noise_for=functools.partial(build_noise, spec),
+                distance=distance,
+                settings=settings,
+                device=device,
+                max_batch_size=spec.evaluation.max_batch_size,
             )
-            continue
-        model, schedule = models[cell.noise]
-        cell_run = start_child_run(
-            client,
-            context.experiment_id,
-            run.run_id,
-            run_name=cell.name,
-            tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial.trial_id, "sweeper.level": "cell"},
+            for split in spec.evaluation.splits
+        }
+        for cell in group:
+            records[cell.name] = _log_cell(spec, cell, {split: by_split[split][cell] for split in by_split}, data, client, context, run, trial, results)
+            state.cells[cell.name] = _CELL_RECORD.dump_python(records[cell.name])
+            state.cell_runs[cell.name] = records[cell.name].mlflow_run_id
+            logger.info("trial %s: evaluated cell %d/%d %s", trial.trial_id, len(records), len(cells), cell.name)
+            report_checkpoint(state, {"phase": "evaluate", "cells_done": len(records), "cells_total": len(cells)})
+    return [
+        CellSummary(cell, split, result.metrics, intervals=result.intervals)
+        for cell in cells
+        for split, result in records[cell.name].splits.items()
+    ]
+
+
+def _cell_groups(cells: list[GridCell]) -> list[list[GridCell]]:
+    """Group cells that share a method and a noise type, and so a model and one ragged batch, keeping their order."""
+    groups: dict[tuple[str, str], list[GridCell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.method, cell.noise), []).append(cell)
+    return list(groups.values())
+
+
+def _log_cell(
+    spec: Any,
+    cell: GridCell,
+    outputs: dict[str, CellOutputs],
+    data: PreparedData,
+    client: MlflowClient,
+    context: SweepContext,
+    run: RunLogger,
+    trial: TrialRecord,
+    results: Path,
+) -> CellRecord:
+    """Open the cell's MLflow run (or reopen it after a resume), log its parameters and results, and close it."""
+    cell_run = start_child_run(
+        client,
+        context.experiment_id,
+        run.run_id,
+        run_name=cell.name,
+        tags={"sweeper.sweep": context.sweep_name, "sweeper.trial_id": trial.trial_id, "sweeper.level": "cell"},
+    )
+    try:
+        cell_run.log_params(
+            {"method": cell.method, "noise": cell.noise, "t": cell.t, "t_reference": cell.t * spec.schedule_stride, "T": spec.model.T}
         )
-        try:
-            cell_run.log_params(
-                {"method": cell.method, "noise": cell.noise, "t": cell.t, "t_reference": cell.t * stride, "T": spec.model.T}
-            )
-            outputs = {
-                split: evaluate_cell(
-                    cell,
-                    model,
-                    schedule,
-                    data.splits[split],
-                    split=split,
-                    noise=build_noise(spec, cell.noise),
-                    distance=distance,
-                    settings=settings,
-                    device=device,
-                )
-                for split in spec.evaluation.splits
-            }
-            record = _record_cell(spec, cell, outputs, data, cell_run, trial, results)
-            summaries.extend(
-                CellSummary(cell, split, result.metrics, intervals=result.intervals) for split, result in record.splits.items()
-            )
-        except BaseException:
-            cell_run.finish("FAILED")
-            raise
-        cell_run.finish("FINISHED")
-        logger.info("trial %s: evaluated cell %d/%d %s", trial.trial_id, number, len(cells), cell.name)
-        state.cells[cell.name] = _CELL_RECORD.dump_python(record)
-        state.cell_runs[cell.name] = cell_run.run_id
-        report_checkpoint(state, {"phase": "evaluate", "cells_done": number, "cells_total": len(cells)})
-    return summaries
+        record = _record_cell(spec, cell, outputs, data, cell_run, trial, results)
+    except BaseException:
+        cell_run.finish("FAILED")
+        raise
+    cell_run.finish("FINISHED")
+    return record
 
 
 def _record_cell(
@@ -330,7 +354,9 @@ def _record_cell(
     examples = None
     if "test" in outputs and spec.evaluation.figure_examples:
         examples = figure_png(cell_examples_figure(outputs["test"], per_label=spec.evaluation.figure_examples))
-    record = CellRecord(trial_id=trial.trial_id, cell=cell, splits=split_results, postprocess=postprocess)
+    record = CellRecord(
+        trial_id=trial.trial_id, cell=cell, splits=split_results, postprocess=postprocess, mlflow_run_id=cell_run.run_id
+    )
     path = write_cell(results, record, examples_png=examples)
     cell_run.log_artifact(path, "results")
     if examples is not None:

@@ -129,7 +129,8 @@ class PostprocessRecord:
 class CellRecord:
     """Everything one trial measured for one grid cell: ``cells/<cell name>.json``.
 
-    ``examples`` is the file name of a PNG of example images in the same folder, or None.
+    ``examples`` is the file name of a PNG of example images in the same folder, or None, and
+    ``mlflow_run_id`` the id of the cell's MLflow run.
     """
 
     trial_id: str
@@ -137,6 +138,7 @@ class CellRecord:
     splits: dict[str, SplitResult]
     postprocess: PostprocessRecord | None = None
     examples: str | None = None
+    mlflow_run_id: str | None = None
 
 
 @dataclass(frozen=True)
