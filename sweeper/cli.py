@@ -13,6 +13,7 @@ import click
 from sweeper.data_commands import data_group
 from sweeper.errors import user_errors
 from sweeper.mlflow_commands import mlflow_group
+from sweeper.paths import default_storage
 from sweeper.report import report_command
 from sweeper.weights_commands import weights_group
 
@@ -73,11 +74,19 @@ def _run(options: Any) -> None:
     with user_errors():
         summary = run_sweep(options, echo=click.echo)
     _print_summary(summary)
-    name = Path(summary["storage"]).name
+    folder = Path(summary["storage"])
+    resume_command = f"sweeper resume {folder.name}"
+    if folder.parent != default_storage().resolve():
+        resume_command += f" --storage {folder.parent}"
     if summary["errored"]:
-        raise click.ClickException(f"{summary['errored']} trial(s) failed; see 'sweeper status {name}' and the trial logs")
+        raise click.ClickException(
+            f"{summary['errored']} trial(s) failed; see 'sweeper status {folder.name}' and the trial logs, "
+            f"then retry them from their checkpoints with '{resume_command}'"
+        )
     if summary["incomplete"]:
-        raise click.ClickException(f"the sweep was interrupted with {summary['incomplete']} trial(s) unfinished")
+        raise click.ClickException(
+            f"the sweep was interrupted with {summary['incomplete']} trial(s) unfinished; continue it with '{resume_command}'"
+        )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -231,7 +231,7 @@ def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:
                 "trial_id": metrics.get("trial_id", Path(result.path).name if result.path else "?"),
                 "config": result.config or {},
                 "state": _trial_state(result, metrics),
-                "error": _error_line(result.error),
+                "error": _error_line(result.error, result.path),
                 "best_cell": metrics.get("best_cell", ""),
                 "best_test_auprc": metrics.get("best_test_auprc"),
                 "best_test_auroc": metrics.get("best_test_auroc"),
@@ -253,9 +253,19 @@ def _trial_state(result: tune.Result, metrics: dict[str, Any]) -> str:
     return "TERMINATED" if metrics.get("phase") == "done" else "INCOMPLETE"
 
 
-def _error_line(error: BaseException | None) -> str:
-    """Return the last line of a trial's error, which names the exception and its message."""
+def _error_line(error: BaseException | None, trial_path: str | None) -> str:
+    """Return the last line of a trial's error, which names the exception and its message.
+
+    Tune keeps the traceback in the trial folder's ``error.txt``; the error object of a
+    restored or retried trial may only point there.
+    """
     if error is None:
         return ""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = str(error)
+    if trial_path is not None:
+        try:
+            text = (Path(trial_path) / "error.txt").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__

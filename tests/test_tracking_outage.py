@@ -111,6 +111,7 @@ def test_long_outage_then_resume(tmp_path: Path) -> None:
         log.close()
     output = (tmp_path / "launch.log").read_text()
     assert "1 trial(s) failed" in output
+    assert f"'sweeper resume long-outage --storage {storage.resolve()}'" in output
 
     server = start_server(root, port=server.port)
     try:

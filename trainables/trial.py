@@ -99,6 +99,7 @@ def run_trial(
         )
     tags = client.get_run(run.run_id).data.tags if run.resumed else {}
     if tags.get("sweeper.status") == "nan_loss":
+        run.finish("FAILED")  # reopening the run set it running again
         raise RuntimeError(f"trial {trial_id} stopped earlier with a NaN or infinite training loss; lower training.lr")
     # Every node the trial has run on, in order: a retried trial shows where it moved.
     node = ray.get_runtime_context().get_node_id()
