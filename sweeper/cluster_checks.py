@@ -50,8 +50,8 @@ def check_shared_storage(storage: Path, nodes: list[dict]) -> None:
     if blind:
         raise SpecError(
             f"storage {str(storage)!r} is local to this node: nodes {', '.join(blind)} cannot see it, so their "
-            "trials' checkpoints would be lost; pass --storage on a file system every node mounts (NFS, Lustre) "
-            "or a URI such as s3://bucket/sweeps"
+            "trials' checkpoints would be lost; pass --storage on a file system that every node mounts at the "
+            "same path (NFS, Lustre)"
         )
 
 

@@ -117,6 +117,7 @@ def test_node_local_storage_rejected_before_trials(head: Cluster, server: Server
     try:
         deadline = time.monotonic() + 120
         ray.init(address=head.address)
+
         try:
             while len([node for node in ray.nodes() if node["Alive"]]) < 2:
                 assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
@@ -124,6 +125,7 @@ def test_node_local_storage_rejected_before_trials(head: Cluster, server: Server
                 time.sleep(0.5)
         finally:
             ray.shutdown()
+
         spec_path = write_spec(tmp_path, "local-storage")
         result = subprocess.run(
             [SWEEPER, "launch", str(spec_path), "--address", head.address,
@@ -138,9 +140,9 @@ def test_node_local_storage_rejected_before_trials(head: Cluster, server: Server
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr[-3000:]
     assert f"storage {str(storage / 'local-storage')!r} is local to this node" in errors[0]
-    assert "pass --storage on a file system every node mounts" in errors[0]
+    assert "pass --storage on a file system that every node mounts" in errors[0]
     assert "Traceback" not in result.stderr
-    # No trial started: Tune wrote no state, and MLflow holds no trial run.
+    # No trial started: Tune wrote no state, and MLflow contains no trial run.
     assert not list(storage.rglob("experiment_state-*.json"))
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("local-storage")

@@ -247,6 +247,28 @@ def test_path_outside_source_folder_dropped(tmp_path: Path) -> None:
     assert records[0].sha256 == ""
 
 
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_symlink_out_of_source_folder_dropped(tmp_path: Path, link: str) -> None:
+    """A link inside the source folder that points outside it is not read, whether it names the file or a folder."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.jpg").write_bytes(b"x")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    if link == "file":
+        (folder / "secret.jpg").symlink_to(outside / "secret.jpg")
+        entry = "secret.jpg"
+    else:
+        (folder / "sub").symlink_to(outside, target_is_directory=True)
+        entry = "sub/secret.jpg"
+    write_folder_csv(folder, [(entry, "healthy", "g")])
+    from pipelines.data.folder_csv import load_folder_csv
+
+    records = load_folder_csv(folder, name="local")
+    assert records[0].reason == "outside the source folder"
+    assert records[0].sha256 == ""
+
+
 def test_synthetic_source_keeps_lesion_masks(tmp_path: Path) -> None:
     source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 20, "pathological": 8, "size": 64, "seed": 0}
     data = prepare_dataset([source], data_root=tmp_path, curation=CurationSettings(image_size=32), split=SplitSettings(), cache_dir=tmp_path / "cache")

@@ -54,7 +54,8 @@ def test_sweep_reports_the_failed_trial(sweep: dict) -> None:
     assert "training loss is" in output and "lower training.lr" in output
     # The summary names the error itself, not only the file Tune wrote it to.
     errors = [line.strip() for line in launched.stdout.splitlines() if line.strip().startswith("error:")]
-    assert len(errors) == 1 and "training loss" in errors[0], errors
+    assert len(errors) == 1, errors
+    assert "training loss" in errors[0]
     assert f"'sweeper resume nan --storage {sweep['storage'].resolve()}'" in output
 
 

@@ -81,6 +81,10 @@ def run_trial(
     trial_id, trial_name = trial.get_trial_id(), trial.get_trial_name()
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     device = torch.device("cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and spec.resources.gpus < 1:
+        # Trials that share a GPU each get their share of its memory: one that needs more fails
+        # alone with an out-of-memory error instead of starving the others.
+        torch.cuda.set_per_process_memory_fraction(spec.resources.gpus, device)
 
     client = MlflowClient(context.tracking_uri)
     run = start_child_run(
