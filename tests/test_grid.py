@@ -142,5 +142,7 @@ def test_figures_render(model, split, distance) -> None:
 
 
 def test_metric_keys_sanitized() -> None:
-    assert sanitize_key("test/auprc_mae*lpips (t=5)") == "test/auprc_mae_lpips _t_5_"
+    assert sanitize_key("test/auprc_mae_lpips") == "test/auprc_mae_lpips"
+    assert sanitize_key("test/auprc_mae*lpips (t=5)").startswith("test/auprc_mae_lpips _t_5__")
+    assert sanitize_key("a*b") != sanitize_key("a?b")
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}

@@ -8,6 +8,7 @@ by the ``mlflow.parentRunId`` tag that the MLflow UI nests by.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tempfile
@@ -32,8 +33,15 @@ _INVALID_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 
 def sanitize_key(key: str) -> str:
-    """Replace characters that MLflow rejects in metric and param names with underscores."""
-    return _INVALID_KEY_CHARACTERS.sub("_", key)
+    """Return ``key`` with the characters MLflow rejects in names replaced by underscores.
+
+    A key that had to change also gets the start of its SHA-1, so two keys that differ
+    only in rejected characters (``a*b``, ``a?b``) stay two names. Valid keys stay as they are.
+    """
+    clean = _INVALID_KEY_CHARACTERS.sub("_", key)
+    if clean == key:
+        return key
+    return f"{clean}_{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
