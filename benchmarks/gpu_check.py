@@ -4,12 +4,16 @@
 CUDA with the settings of ``configs/paper.yaml``:
 
 1. train the reference UNet on 128 x 128 synthetic phantoms with simplex noise for 200
-   steps in batches of 32, and report images per second and peak GPU memory;
+   steps in batches of 32, with ``train_ddpm``'s default speed options for the device
+   (bf16 autocast and channels-last on CUDA; ``--compile`` adds ``torch.compile``), and
+   report images per second and peak GPU memory;
 2. evaluate the full grid (AnoDDPM with Gaussian and simplex noise, AutoDDPM with Gaussian
    noise, t = 50 to 300: 18 cells) on 32 phantoms with untrained UNets, one
    ``evaluate_cell`` per cell as a trial does, and report images per second;
-3. count the UNet's FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode`` and
-   turn both speeds into achieved TFLOP/s, to compare with the device's peak.
+3. count the UNet's FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``, turn
+   both speeds into achieved TFLOP/s and divide them by the device's dense bf16 peak: the
+   model FLOP utilisation (MFU). The peak comes from ``--peak-tflops``, else
+   ``$SWEEPER_PEAK_TFLOPS``, else the table in ``benchmarks/_flops.py``.
 
 It needs the LPIPS weights (``--lpips-weights`` or ``$SWEEPER_LPIPS_WEIGHTS``) for the
 grid's anomaly maps. ``--smoke`` runs the same steps at tiny sizes (tiny preset, 64 px,
@@ -30,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import machine_for
+from benchmarks._flops import device_peak, forward_flops, training_tflops
 from pipelines.data.dataset import PreparedSplit
 from pipelines.data.phantoms import generate_synthetic_phantoms
 from pipelines.diffusion.training import TrainingSettings, train_ddpm
@@ -43,9 +47,6 @@ from trainables.builders import build_model, build_noise, build_schedule, grid_s
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_check.json"
-
-# Training FLOPs per image, in forward passes: a backward pass costs about twice a forward pass.
-TRAIN_FLOPS_PER_FORWARD = 3
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Report:
     forward_flops_per_image: float
     train_steps: int
     train_batch_size: int
+    train_options: str
     train_seconds: float
     train_images_per_s: float
     train_tflops: float
@@ -101,6 +103,9 @@ class Report:
     grid_unet_images: int
     grid_tflops: float
     peak_tflops: float | None
+    peak_source: str | None
+    train_mfu: float | None
+    grid_mfu: float | None
 
     def lines(self) -> list[str]:
         """Return the report as lines of text."""
@@ -108,17 +113,19 @@ class Report:
         lines = [
             f"device: {self.machine['device']}, torch {self.machine['torch']}, CPU {self.machine['cpu']} ({self.machine['cores']} cores)",
             f"UNet: {self.preset} preset at {self.image_size} px, {self.forward_flops_per_image / 1e9:.3g} GFLOP per image forward",
-            f"1. training: {self.train_steps} steps of {self.train_batch_size} in {self.train_seconds:.1f} s: "
+            f"1. training ({self.train_options}): {self.train_steps} steps of {self.train_batch_size} in {self.train_seconds:.1f} s: "
             f"{self.train_images_per_s:.1f} images/s, {self.train_tflops:.2f} TFLOP/s, peak memory {memory}",
             f"2. grid: {self.grid_cells} cells, {self.grid_images} images, in {self.grid_seconds:.1f} s: "
             f"{self.grid_images_per_s:.2f} images/s through the whole grid, {self.grid_unet_images} UNet image passes, "
             f"{self.grid_tflops:.2f} TFLOP/s in the UNet (LPIPS not counted)",
         ]
-        if self.peak_tflops is not None:
+        if self.train_mfu is not None and self.grid_mfu is not None:
             lines.append(
-                f"3. against a peak of {self.peak_tflops:g} TFLOP/s: training {self.train_tflops / self.peak_tflops:.1%}, "
-                f"grid {self.grid_tflops / self.peak_tflops:.1%}"
+                f"3. against a peak of {self.peak_tflops:g} TFLOP/s ({self.peak_source}): "
+                f"MFU of training {self.train_mfu:.1%}, of the grid {self.grid_mfu:.1%}"
             )
+        else:
+            lines.append("3. MFU not computed: no peak is known for this device; pass --peak-tflops or set $SWEEPER_PEAK_TFLOPS")
         return lines
 
 
@@ -144,23 +151,18 @@ def phantom_split(images: int, size: int) -> PreparedSplit:
     )
 
 
-def forward_flops(model: torch.nn.Module, image_size: int, device: torch.device) -> float:
-    """Count the FLOPs of one UNet forward pass on one image."""
-    image = torch.zeros(1, 1, image_size, image_size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(image, t)
-    return float(counter.get_total_flops())
-
-
 def synchronise(device: torch.device) -> None:
     """Wait for queued work on ``device``."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_training(spec: SweepSpec, size: CheckSize, device: torch.device) -> tuple[float, float | None]:
+def training_settings(spec: SweepSpec, size: CheckSize, steps: int, *, compile: bool) -> TrainingSettings:
+    """Return the settings of ``steps`` training steps, with the default speed options and ``compile``."""
+    return TrainingSettings(batch_size=size.batch_size, lr=spec.training.lr, steps=steps, compile=compile)
+
+
+def time_training(spec: SweepSpec, size: CheckSize, device: torch.device, *, compile: bool) -> tuple[float, float | None]:
     """Train with simplex noise after a warm-up and return the seconds and the peak GPU memory in GiB."""
     model = build_model(spec, "simplex").to(device)
     schedule = build_schedule(spec, device)
@@ -169,10 +171,10 @@ def time_training(spec: SweepSpec, size: CheckSize, device: torch.device) -> tup
     generator = torch.Generator(device=device).manual_seed(0)
 
     def train(steps: int) -> None:
-        settings = TrainingSettings(batch_size=size.batch_size, lr=spec.training.lr, steps=steps)
+        settings = training_settings(spec, size, steps, compile=compile)
         train_ddpm(model, schedule, images, noise_type="simplex", noise=noise, settings=settings, generator=generator)
 
-    # The warm-up also compiles the simplex noise on CUDA.
+    # The warm-up also compiles the simplex noise on CUDA, and the UNet with compile.
     train(size.warmup_steps)
     synchronise(device)
     if device.type == "cuda":
@@ -215,6 +217,7 @@ def run_check(
     peak_tflops: float | None,
     train_steps: int | None = None,
     grid_images: int | None = None,
+    compile: bool = False,
 ) -> Report:
     """Run the three steps and return their report; ``train_steps`` and ``grid_images`` override the size's."""
     if not smoke and not torch.cuda.is_available():
@@ -229,16 +232,23 @@ def run_check(
         raise SystemExit(f"--train-steps and --grid-images must be at least 1, but got {size.train_steps} and {size.grid_images}")
     spec = load_spec(size)
     try:
+        peak = device_peak(device, peak_tflops)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    try:
         distance = PerceptualDistance(lpips_weights).to(device)
     except LPIPSWeightsError as error:
         raise SystemExit(f"gpu_check needs the LPIPS weights for the grid: {error}") from None
 
     flops = forward_flops(build_model(spec, "gaussian").to(device).eval(), spec.data.image_size, device)
     print(f"UNet forward: {flops / 1e9:.3g} GFLOP per image; training ...", file=sys.stderr)
-    train_seconds, peak_memory = time_training(spec, size, device)
+    train_options = training_settings(spec, size, size.train_steps, compile=compile).speed_options(device).describe()
+    train_seconds, peak_memory = time_training(spec, size, device, compile=compile)
     train_images_per_s = size.train_steps * size.batch_size / train_seconds
     print(f"training: {train_seconds:.1f} s; grid ...", file=sys.stderr)
     cells, grid_seconds, unet_images = time_grid(spec, size, device, distance)
+    train_tflops = training_tflops(flops, train_images_per_s)
+    grid_tflops = flops * unet_images / grid_seconds / 1e12
 
     return Report(
         machine=asdict(machine_for(device)),
@@ -248,17 +258,21 @@ def run_check(
         forward_flops_per_image=flops,
         train_steps=size.train_steps,
         train_batch_size=size.batch_size,
+        train_options=train_options,
         train_seconds=train_seconds,
         train_images_per_s=train_images_per_s,
-        train_tflops=TRAIN_FLOPS_PER_FORWARD * flops * train_images_per_s / 1e12,
+        train_tflops=train_tflops,
         train_peak_memory_gib=peak_memory,
         grid_cells=cells,
         grid_images=size.grid_images,
         grid_seconds=grid_seconds,
         grid_images_per_s=size.grid_images / grid_seconds,
         grid_unet_images=unet_images,
-        grid_tflops=flops * unet_images / grid_seconds / 1e12,
-        peak_tflops=peak_tflops,
+        grid_tflops=grid_tflops,
+        peak_tflops=peak.tflops if peak else None,
+        peak_source=peak.source if peak else None,
+        train_mfu=train_tflops / peak.tflops if peak else None,
+        grid_mfu=grid_tflops / peak.tflops if peak else None,
     )
 
 
@@ -267,7 +281,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device, to test the script")
     parser.add_argument("--lpips-weights", default=None, help="LPIPS weights file (default: $SWEEPER_LPIPS_WEIGHTS)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, to print the share reached")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak in TFLOP/s, for the MFU (default: $SWEEPER_PEAK_TFLOPS, else benchmarks/_flops.py's table)",
+    )
+    parser.add_argument("--compile", action="store_true", help="train with torch.compile (train_ddpm's compile option)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps to time (default 200, 2 with --smoke)")
     parser.add_argument("--grid-images", type=int, default=None, help="phantoms to evaluate (default 32, 1 with --smoke)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})")
@@ -279,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peak_tflops=arguments.peak_tflops,
         train_steps=arguments.train_steps,
         grid_images=arguments.grid_images,
+        compile=arguments.compile,
     )
     print("\n".join(report.lines()))
     arguments.out.parent.mkdir(parents=True, exist_ok=True)

@@ -313,9 +313,21 @@ class TrainingSpec(_Section):
     lr: float = Field(1e-4, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights; evaluation uses it.")
+    # Speed options, resolved per device by pipelines/diffusion/performance.py.
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA with native bfloat16, else fp32.")
+    channels_last: bool | Literal["auto"] = Field("auto", description="auto: channels-last on CUDA only.")
+    compile: bool = Field(False, description="torch.compile the UNet for training; the first step compiles for minutes.")
     seed: int = 0
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _channels_last_choice(cls, value: Any) -> Any:
+        # Checked here so that a bad value gets one message, not one per member of the union.
+        if value is not True and value is not False and value != "auto":
+            raise ValueError("expected true, false or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _one_length(self) -> TrainingSpec:

@@ -13,6 +13,8 @@ import torch
 
 from benchmarks import Context, Machine, Row, Timing
 from benchmarks.__main__ import discover, format_table, select
+from benchmarks._flops import PEAK_TFLOPS_ENV, device_peak
+from pipelines.diffusion.performance import resolve_speed_options
 from tests.conftest import PROJECT_ROOT
 
 MACHINE_FIELDS = {"cpu", "cores", "torch", "device", "threads"}
@@ -69,13 +71,59 @@ def test_noise_quick_run_writes_table_and_json(tmp_path: Path) -> None:
             assert row["ratio"] is None
 
 
+def test_training_quick_run_compares_with_plain_loop(tmp_path: Path) -> None:
+    out = tmp_path / "training.json"
+    result = run_module("benchmarks", "training", "--quick", "--repeats", "1", "--threads", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {f"{kind}_{device}_tiny" for kind in ("step", "channels_last", "bf16", "compile") for device in ("cpu", "gpu")}
+    for row in rows.values():
+        assert set(row) == ROW_FIELDS
+        assert row["topic"] == "training"
+
+    step = rows["step_cpu_tiny"]
+    assert step["status"] == "ok"
+    assert step["command"].startswith("train_ddpm(precision=auto, channels_last=None, compile=False): fp32, contiguous, eager")
+    assert step["baseline"].startswith("plain_fp32_loop")
+    assert step["ratio"] == pytest.approx(step["median_s"] / step["baseline_median_s"])
+    assert "images/s" in step["note"]
+    assert "peak RSS growth (child process)" in step["note"]
+    assert " MiB vs " in step["note"]
+    assert rows["bf16_cpu_tiny"]["command"].startswith("train_ddpm(precision=bf16, channels_last=None, compile=False): bf16 autocast")
+    assert rows["compile_cpu_tiny"]["status"] == "skipped"
+    assert "--quick skips torch.compile" in rows["compile_cpu_tiny"]["note"]
+    if not torch.cuda.is_available():
+        for name in ("step_gpu_tiny", "channels_last_gpu_tiny", "bf16_gpu_tiny", "compile_gpu_tiny"):
+            assert rows[name]["status"] == "skipped"
+            assert rows[name]["note"] == "CUDA is not available"
+
+
+def test_device_peak_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PEAK_TFLOPS_ENV, raising=False)
+    assert device_peak("cpu") is None
+    assert device_peak("cpu", 100.0).tflops == 100.0
+    monkeypatch.setenv(PEAK_TFLOPS_ENV, "250")
+    peak = device_peak("cpu")
+    assert (peak.tflops, peak.source) == (250.0, f"${PEAK_TFLOPS_ENV}")
+    assert device_peak("cpu", 100.0).source == "--peak-tflops"
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "-5"])
+def test_device_peak_rejects_bad_environment(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv(PEAK_TFLOPS_ENV, text)
+    with pytest.raises(ValueError, match=rf"\${PEAK_TFLOPS_ENV} must be a (positive )?number of TFLOP/s, but got"):
+        device_peak("cpu")
+
+
 def test_gpu_check_smoke_reports_each_step(tmp_path: Path) -> None:
     out = tmp_path / "gpu_check.json"
     result = run_module("benchmarks.gpu_check", "--smoke", "--peak-tflops", "100", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "1. training: 2 steps of 2" in result.stdout
+    options = resolve_speed_options("cuda" if torch.cuda.is_available() else "cpu").describe()
+    assert f"1. training ({options}): 2 steps of 2" in result.stdout
     assert "2. grid: 18 cells, 1 images" in result.stdout
-    assert "3. against a peak of 100 TFLOP/s" in result.stdout
+    assert "3. against a peak of 100 TFLOP/s (--peak-tflops): MFU of training" in result.stdout
 
     report = json.loads(out.read_text())
     assert report["smoke"] is True
@@ -84,6 +132,10 @@ def test_gpu_check_smoke_reports_each_step(tmp_path: Path) -> None:
     assert report["train_images_per_s"] > 0
     assert report["grid_images_per_s"] > 0
     assert report["grid_unet_images"] > 0
+    assert report["peak_tflops"] == 100
+    assert report["train_mfu"] == pytest.approx(report["train_tflops"] / 100)
+    assert report["grid_mfu"] == pytest.approx(report["grid_tflops"] / 100)
+    assert report["train_options"] == options
     assert set(report["machine"]) == MACHINE_FIELDS
 
 
@@ -98,6 +150,7 @@ def test_gpu_check_without_cuda_fails_clearly() -> None:
 def test_discover_finds_topic_modules() -> None:
     names = discover()
     assert {"noise.simplex_cpu", "noise.simplex_gpu", "noise.share_cpu", "noise.share_gpu", "cache.prepare_cpu"} <= set(names)
+    assert {"training.cpu", "training.gpu"} <= set(names)
     assert not any(name.startswith(("gpu_check.", "_")) for name in names)
 
 

@@ -41,6 +41,9 @@ def training_settings(spec: SweepSpec) -> TrainingSettings:
         hflip=training.augmentation.hflip,
         vflip=training.augmentation.vflip,
         ema_decay=training.ema_decay,
+        precision=training.precision,
+        channels_last=None if training.channels_last == "auto" else training.channels_last,
+        compile=training.compile,
     )
 
 

@@ -5,10 +5,18 @@ Training can stop and resume: ``on_checkpoint`` receives a :class:`TrainingCheck
 ``checkpoint_every`` epochs and at the end, and ``resume`` continues from one. Given
 the same checkpoint, a resumed run draws the same batches and noise as one that never
 stopped.
+
+The images stay on their device and are augmented there, and the step losses stay there
+until the end of each epoch, so that a step waits for the host only where the noise source
+does (simplex noise copies its seeds to the host). ``TrainingSettings.precision``,
+``channels_last`` and ``compile`` select bf16 autocast, the channels-last memory format and
+``torch.compile`` (see :mod:`pipelines.diffusion.performance`). Checkpoints always hold the
+uncompiled model's weights, so their keys do not depend on ``compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -19,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.diffusion.noise import NoiseSource, to_model_range
+from pipelines.diffusion.performance import SpeedOptions, resolve_speed_options
 from pipelines.diffusion.schedule import DiffusionSchedule
 
 
@@ -51,6 +60,15 @@ class TrainingSettings:
     hflip: bool = True
     vflip: bool = True
     ema_decay: float | None = None
+    # "auto", "fp32" or "bf16". "auto" is bf16 autocast on CUDA with native bfloat16, else fp32.
+    precision: str = "auto"
+    # None: channels-last on CUDA only.
+    channels_last: bool | None = None
+    compile: bool = False
+
+    def speed_options(self, device: torch.device | str) -> SpeedOptions:
+        """Resolve ``precision``, ``channels_last`` and ``compile`` for ``device``."""
+        return resolve_speed_options(device, precision=self.precision, channels_last=self.channels_last, compile=self.compile)
 
     def total_steps(self, num_images: int) -> int:
         """Return the number of optimiser steps for a training set of ``num_images``."""
@@ -156,8 +174,14 @@ def train_ddpm(
     ``noise_type``, noised to a uniformly drawn step and the UNet learns the noise.
     ``on_epoch`` is called after every pass through the data, and ``on_checkpoint`` every
     ``checkpoint_every`` epochs (0: only at the end) and once training ends. With
-    ``settings.ema_decay`` the model ends with the EMA weights. Raises
-    :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    ``settings.ema_decay`` the model ends with the EMA weights. ``model`` is trained in
+    place, and with channels-last it returns to the contiguous memory format at the end.
+    With ``settings.compile`` a compiled wrapper of ``model`` runs the steps, and ``model``
+    itself stays uncompiled.
+
+    Raises :class:`NonFiniteLossError` at the end of the first epoch with a NaN or infinite
+    loss, naming that loss's step. The losses are checked once per epoch, so that steps do
+    not wait for the device, and the steps after a bad loss in that epoch still run.
     """
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must have shape (N, 1, H, W), but got {tuple(images.shape)}")
@@ -165,8 +189,15 @@ def train_ddpm(
     if num_images == 0:
         raise ValueError("there are no training images")
     device = images.device
+    options = settings.speed_options(device)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # The EMA copy and the checkpoints use the uncompiled module, whose state dict keys
+    # lack the "_orig_mod." prefix of a compiled one.
     ema = ema_model(model, settings.ema_decay) if settings.ema_decay is not None else None
+    # dynamic=False: one static graph for full batches and one for a smaller last batch.
+    forward = torch.compile(model, dynamic=False) if options.compile else model
     total_steps = settings.total_steps(num_images)
 
     history: list[EpochStats] = []
@@ -195,7 +226,8 @@ def train_ddpm(
     while step < total_steps:
         epoch += 1
         order = torch.randperm(num_images, generator=generator, device=generator.device).to(device)
-        losses = []
+        first_step = step
+        losses: list[torch.Tensor] = []
         for start in range(0, num_images, settings.batch_size):
             if step >= total_steps:
                 break
@@ -214,20 +246,27 @@ def train_ddpm(
             t = t.to(device)
             eps = noise(tuple(x_start.shape), t, generator).to(device)
             x_t = schedule.q_sample(x_start, t, eps)
-            loss = F.mse_loss(model(x_t, t - 1), eps)
+            if options.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, options):
+                prediction = forward(x_t, t - 1)
+            # The loss is taken in fp32 (a no-op without autocast).
+            loss = F.mse_loss(prediction.float(), eps)
 
-            value = loss.item()
             step += 1
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, step, value)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
-            losses.append(value)
+            losses.append(loss.detach())
 
-        stats = EpochStats(epoch=epoch, step=step, loss=sum(losses) / len(losses))
+        # The epoch's only wait for the device: its losses come to the host together.
+        values = torch.stack(losses).tolist()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, first_step + offset + 1, value)
+        stats = EpochStats(epoch=epoch, step=step, loss=sum(values) / len(values))
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
@@ -237,5 +276,14 @@ def train_ddpm(
         on_checkpoint(checkpoint())
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
+    if options.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def _autocast(device: torch.device, options: SpeedOptions) -> contextlib.AbstractContextManager:
+    """Return bf16 autocast on ``device`` where ``options`` ask for it, else a context that does nothing."""
+    if options.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=options.autocast_dtype)

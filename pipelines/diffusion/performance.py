@@ -1,0 +1,59 @@
+"""Resolve the speed options of training (precision, memory format, torch.compile) for one device.
+
+``auto`` picks bf16 autocast and the channels-last memory format on CUDA devices that
+compute in bfloat16 natively, and plain fp32 in the contiguous format on the CPU, so CPU
+runs keep the exact numbers they had before these options existed. fp16 is not offered:
+it needs a gradient scaler, whose state training checkpoints do not store. bf16 needs none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Autocast type, memory format and compilation that training uses on one device."""
+
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+
+    def describe(self) -> str:
+        """Return the options as a short phrase, such as ``bf16 autocast, channels-last, eager``."""
+        precision = "fp32" if self.autocast_dtype is None else "bf16 autocast"
+        memory_format = "channels-last" if self.channels_last else "contiguous"
+        return f"{precision}, {memory_format}, {'compiled' if self.compile else 'eager'}"
+
+
+def resolve_speed_options(
+    device: torch.device | str, *, precision: str = "auto", channels_last: bool | None = None, compile: bool = False
+) -> SpeedOptions:
+    """Return the options for ``device``; ``precision="auto"`` and ``channels_last=None`` pick by device.
+
+    Raises ``ValueError`` for an unknown precision and for bf16 on a CUDA device without
+    bfloat16 support.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"training precision must be one of {', '.join(PRECISIONS)}, but got {precision!r}. "
+            "fp16 is not offered because it needs a gradient scaler"
+        )
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"training precision is bf16, but {name} does not support bfloat16. Set training.precision to fp32 or auto")
+
+    use_bf16 = precision == "bf16" or (precision == "auto" and native_bf16)
+    return SpeedOptions(
+        autocast_dtype=torch.bfloat16 if use_bf16 else None,
+        channels_last=device.type == "cuda" if channels_last is None else channels_last,
+        compile=compile,
+    )
