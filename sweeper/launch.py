@@ -258,7 +258,10 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     sweep_folder = launch.storage / spec.name
     previous = read_tracking_record(sweep_folder) if options.resume else None
     if options.resume and previous is None:
-        raise LaunchError(f"sweep {spec.name!r} has no readable tracking.json, so its MLflow runs are unknown; start it over with --new")
+        raise LaunchError(
+            f"sweep {spec.name!r} has no readable tracking.json, so its MLflow runs are unknown; restore the file from "
+            f"a backup to resume, or start over with --new, which keeps the old folder but runs every trial again"
+        )
     uri = options.tracking_uri or (previous["uri"] if previous else None) or spec.tracking.uri
     tracking = open_tracking(uri, spec.tracking.server_root, echo=echo, auth=tracking_credentials(spec.tracking.auth))
     echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
@@ -324,9 +327,17 @@ def resume_options(name: str, *, storage: Path | None, address: str | None, trac
             raise LaunchError(f"no sweep {name!r} in {str(folder.parent)!r}; pass the --storage it was launched with")
         raise LaunchError(
             f"sweep {name!r} has no readable launch.json, so the options it was launched with are unknown; "
-            f"start it over with 'sweeper launch SPEC --name {name} --new'"
+            f"restore the file from a backup to resume, or start over with 'sweeper launch SPEC --name {name} --new', "
+            f"which keeps the old folder but runs every trial again"
         )
     options = LaunchOptions.from_record(record)
+    launched_as = (options.raw or {}).get("name")
+    if launched_as is not None and launched_as != name:
+        # Its Tune state and MLflow runs belong to that name, so resuming under another would split the sweep.
+        raise LaunchError(
+            f"folder {str(folder)!r} contains sweep {launched_as!r}, not {name!r}; rename the folder back to "
+            f"{launched_as!r} and run 'sweeper resume {launched_as}'"
+        )
     options.storage = folder.parent
     options.name = name
     options.address = address

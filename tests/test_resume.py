@@ -221,6 +221,21 @@ def test_resume_rejects_a_damaged_state_file(tmp_path: Path) -> None:
     assert "--new" in lines[0]
 
 
+def test_resume_rejects_a_renamed_folder(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweeps" / "copy"
+    sweep.mkdir(parents=True)
+    record = {"spec_path": str(PROJECT_ROOT / "configs" / "demo.yaml"), "spec": {**SPEC, "name": "resume"}}
+    (sweep / "launch.json").write_text(json.dumps(record), encoding="utf-8")
+    completed = subprocess.run(
+        [SWEEPER, "resume", "copy", "--storage", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "contains sweep 'resume', not 'copy'" in lines[0]
+    assert "'sweeper resume resume'" in lines[0]
+
+
 def test_launch_refuses_an_existing_name(tmp_path: Path) -> None:
     (tmp_path / "sweeps" / "demo").mkdir(parents=True)
     completed = subprocess.run(
