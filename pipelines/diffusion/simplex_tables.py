@@ -3,6 +3,9 @@
 Both reproduce ``opensimplex`` 0.4.5.1 (``opensimplex/internals.py``): ``permutations``
 builds the tables of ``_init``, and ``EXTRA_OFFSETS`` contains the two extra lattice points
 that ``_noise3`` adds to the corners of the region that contains a point.
+
+``PACKED_GRADIENTS`` and ``PACKED_EXTRA_OFFSETS`` store the same numbers packed into one
+integer per entry, so that ``simplex_torch`` reads each with a single table lookup.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from opensimplex.constants import GRADIENTS3
 
 # The seed's linear congruential generator: Knuth's MMIX constants, modulo 2**64.
 _LCG_MULTIPLIER = 6364136223846793005
@@ -170,3 +174,16 @@ EXTRA_OFFSETS = np.array(
     + [octahedron_extras(*_bits_of(key, 5)) for key in range(32)],
     dtype=np.int64,
 )
+
+
+# The 24 gradients of opensimplex, one row each; hash h selects gradient h % 24.
+GRADIENTS = GRADIENTS3.reshape(-1, 3).astype(np.int64)
+# Components are packed as bytes 0 (x), 1 (y) and 2 (z) of an int32, each plus GRADIENT_BIAS
+# so that the -11..11 of opensimplex become 117..139.
+GRADIENT_BIAS = 128
+PACKED_GRADIENTS = ((GRADIENTS + GRADIENT_BIAS) << np.array([0, 8, 16])).sum(1)
+# Extra-point coordinates (-1..2) are packed 2 bits each, plus EXTRA_OFFSET_BIAS, into an
+# int32 per key: bits 0-5 are the first point's x, y and z, bits 6-11 the second point's.
+EXTRA_OFFSET_BIAS = 1
+EXTRA_OFFSET_BITS = 2
+PACKED_EXTRA_OFFSETS = ((EXTRA_OFFSETS.reshape(len(EXTRA_OFFSETS), 6) + EXTRA_OFFSET_BIAS) << (EXTRA_OFFSET_BITS * np.arange(6))).sum(1)
