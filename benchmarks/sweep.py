@@ -2,7 +2,7 @@
 
 Each trial runs the same small piece of PyTorch work (``WORK_STEPS`` matrix products) and
 reports one result. The command runs N such trials with ``tune.Tuner`` on a local Ray
-instance, one trial at a time, with the folder a sweep would write; the baseline calls the
+instance, one trial at a time, with the folder a sweep would write. The baseline calls the
 work N times in a loop. One row starts a new worker process per trial, as `sweeper launch`
 does; the other lets Tune reuse the worker (``reuse_actors=True``). Ray starts once before the timed runs, so its start-up is not part
 of the ratio; the note gives the overhead per trial, (Tune - loop) / N. ``--quick`` runs

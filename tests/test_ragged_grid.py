@@ -14,12 +14,9 @@ from pipelines.data.dataset import PreparedSplit, prepare_dataset
 from pipelines.data.split import SplitSettings
 from pipelines.diffusion.noise import NoiseSource, make_noise
 from pipelines.diffusion.schedule import DiffusionSchedule
-from pipelines.diffusion.unet import build_unet
 from pipelines.evaluation.grid import CellOutputs, GridCell, GridSettings, evaluate_cell
 from pipelines.evaluation.ragged import evaluate_grid
 from pipelines.methods.autoddpm import AutoDDPMSettings
-from pipelines.metrics.lpips import PerceptualDistance
-from tests.conftest import LPIPS_CHECKPOINT
 
 T_VALUES = [2, 4, 6]
 # Four images in chunks of three: both paths take two chunks.
@@ -52,17 +49,6 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> PreparedSplit:
         [source], data_root=folder, curation=CurationSettings(image_size=32), split=settings, cache_dir=folder / "cache"
     )
     return prepared.splits["test"]
-
-
-@pytest.fixture(scope="module")
-def distance() -> PerceptualDistance:
-    return PerceptualDistance(LPIPS_CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_unet(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8).eval()
 
 
 @contextmanager
