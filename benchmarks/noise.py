@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from benchmarks import Context, Row, Timing, machine_for
-from benchmarks._opensimplex_baseline import FREQUENCY, PERSISTENCE, STEP, OpensimplexNoise
+from benchmarks._opensimplex_baseline import FREQUENCY, PERSISTENCE, STEP
 from benchmarks._steps import StepCase, Steps
 from pipelines.diffusion.noise import SimplexNoise
 from pipelines.diffusion.simplex_torch import fractal_noise

@@ -189,7 +189,7 @@ class GestationalAgeSpec(_Section):
     def _window_in_weeks(cls, window: tuple[str | float, str | float]) -> tuple[str | float, str | float]:
         low, high = (parse_gestational_age(value) for value in window)
         if low is None or high is None or not low < high:
-            raise ValueError(f"expected [low, high] gestational ages such as ['19+0', '22+6'] with low < high")
+            raise ValueError("expected [low, high] gestational ages such as ['19+0', '22+6'] with low < high")
         return window
 
     def window_weeks(self) -> tuple[float, float]:
