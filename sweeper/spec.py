@@ -314,7 +314,9 @@ class TrainingSpec(_Section):
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights; evaluation uses it.")
     # Speed options, resolved per device by pipelines/diffusion/performance.py.
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA with native bfloat16, else fp32.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA with native bfloat16, else fp32. fp16 uses a gradient scaler."
+    )
     channels_last: bool | Literal["auto"] = Field("auto", description="auto: channels-last on CUDA only.")
     compile: bool = Field(False, description="torch.compile the UNet for training; the first step compiles for minutes.")
     seed: int = 0

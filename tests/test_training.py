@@ -85,30 +85,56 @@ def test_nan_error_survives_pickling() -> None:
     assert "training loss is inf at epoch 3, step 17" in str(error)
 
 
-def train_with_checkpoints(epochs: int, *, resume=None, ema_decay: float | None = None) -> tuple[torch.nn.Module, list, list]:
+def train_with_checkpoints(
+    epochs: int, *, resume=None, ema_decay: float | None = None, precision: str = "auto"
+) -> tuple[torch.nn.Module, list, list]:
     model = tiny_unet()
     checkpoints: list = []
     history = train_ddpm(
         model, DiffusionSchedule(50), images(), noise_type="gaussian", noise=GaussianNoise(),
-        settings=TrainingSettings(batch_size=4, lr=2e-3, epochs=epochs, ema_decay=ema_decay),
+        settings=TrainingSettings(batch_size=4, lr=2e-3, epochs=epochs, ema_decay=ema_decay, precision=precision),
         generator=torch.Generator().manual_seed(0),
         resume=resume, on_checkpoint=checkpoints.append, checkpoint_every=2,
     )
     return model, history, checkpoints
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_resumed_training_equals_uninterrupted(ema_decay: float | None) -> None:
-    straight, straight_history, checkpoints = train_with_checkpoints(5, ema_decay=ema_decay)
+@pytest.mark.parametrize(("ema_decay", "precision"), [(None, "auto"), (0.9, "auto"), (0.9, "fp16")])
+def test_resumed_training_equals_uninterrupted(ema_decay: float | None, precision: str) -> None:
+    straight, straight_history, checkpoints = train_with_checkpoints(5, ema_decay=ema_decay, precision=precision)
     # Checkpoints after epochs 2 and 4, and at the end.
     assert [checkpoint.epoch for checkpoint in checkpoints] == [2, 4, 5]
 
     saved = TrainingCheckpoint.from_dict(checkpoints[0].to_dict())
-    resumed, resumed_history, _ = train_with_checkpoints(5, resume=saved, ema_decay=ema_decay)
+    resumed, resumed_history, resumed_checkpoints = train_with_checkpoints(5, resume=saved, ema_decay=ema_decay, precision=precision)
 
     assert [stats.loss for stats in resumed_history] == [stats.loss for stats in straight_history]
     for (name, value), other in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(value, other), name
+    # The gradient scaler goes on from its saved state (fp16), and is absent otherwise.
+    assert resumed_checkpoints[-1].scaler == checkpoints[-1].scaler
+    assert (checkpoints[-1].scaler is not None) == (precision == "fp16")
+
+
+def test_fp16_checkpoint_holds_the_scaler_state() -> None:
+    _, history, checkpoints = train_with_checkpoints(5, precision="fp16")
+    assert all(torch.isfinite(torch.tensor(stats.loss)) for stats in history)
+    first, last = checkpoints[0].scaler, checkpoints[-1].scaler
+    # 6 steps by epoch 2 and 15 by epoch 5, none with overflowing gradients, so the scale
+    # is unchanged and the growth counter counts the steps. A resumed run that dropped this
+    # state would start counting again from 0.
+    assert (first["scale"], first["_growth_tracker"]) == (65536.0, 6)
+    assert (last["scale"], last["_growth_tracker"]) == (65536.0, 15)
+    # Written and read back through the file format of trial checkpoints.
+    assert TrainingCheckpoint.from_dict(checkpoints[0].to_dict()).scaler == first
+
+
+def test_checkpoint_without_scaler_entry_loads() -> None:
+    # Trial checkpoints written before fp16 training have no "scaler" key.
+    _, _, checkpoints = train_with_checkpoints(2)
+    data = checkpoints[-1].to_dict()
+    del data["scaler"]
+    assert TrainingCheckpoint.from_dict(data).scaler is None
 
 
 def test_ema_weights_end_in_the_model() -> None:

@@ -1,4 +1,4 @@
-"""Training's speed options: fp32 defaults keep the old numbers, and channels-last, bf16 and compile train on the CPU."""
+"""Training's speed options: fp32 defaults keep the old numbers; channels-last, bf16, fp16 and compile train on the CPU."""
 
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def test_explicit_options_win_over_auto() -> None:
 
 
 def test_unknown_precision_rejected() -> None:
-    with pytest.raises(ValueError, match=r"precision must be one of auto, fp32, bf16, but got 'fp16'. fp16 is not offered"):
-        resolve_speed_options("cpu", precision="fp16")
+    with pytest.raises(ValueError, match=r"precision must be one of auto, fp32, bf16, fp16, but got 'fp8'$"):
+        resolve_speed_options("cpu", precision="fp8")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -118,6 +118,20 @@ def test_bf16_autocast_trains_on_cpu() -> None:
     assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
 
 
+def test_fp16_autocast_trains_with_a_scaler_on_cpu() -> None:
+    model = tiny_unet()
+    output_dtypes: set[torch.dtype] = set()
+    model.conv_in.register_forward_hook(lambda _module, _inputs, output: output_dtypes.add(output.dtype))
+    options = resolve_speed_options("cpu", precision="fp16")
+    assert options.scales_gradients
+    assert options.describe() == "fp16 autocast with gradient scaling, contiguous, eager"
+    losses = train(model, precision="fp16")
+    assert output_dtypes == {torch.float16}
+    assert losses == pytest.approx(train(tiny_unet()), rel=0.05)
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert not resolve_speed_options("cpu", precision="bf16").scales_gradients
+
+
 def test_nan_loss_names_its_step() -> None:
     data = images()
     data[:] = float("nan")
@@ -127,10 +141,10 @@ def test_nan_loss_names_its_step() -> None:
 
 def test_training_settings_pass_speed_options() -> None:
     raw = minimal_spec()
-    for key, value in {"training.precision": "bf16", "training.channels_last": False, "training.compile": True}.items():
+    for key, value in {"training.precision": "fp16", "training.channels_last": False, "training.compile": True}.items():
         raw = set_dotted(raw, key, value)
     settings = training_settings(validate(raw))
-    assert (settings.precision, settings.channels_last, settings.compile) == ("bf16", False, True)
+    assert (settings.precision, settings.channels_last, settings.compile) == ("fp16", False, True)
     defaults = training_settings(validate(minimal_spec()))
     assert (defaults.precision, defaults.channels_last, defaults.compile) == ("auto", None, False)
 
@@ -138,7 +152,7 @@ def test_training_settings_pass_speed_options() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("training.precision", "fp16", r"spec field 'training.precision': got 'fp16', input should be 'auto', 'fp32' or 'bf16'"),
+        ("training.precision", "fp8", r"spec field 'training.precision': got 'fp8', input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
         ("training.channels_last", "yes", r"spec field 'training.channels_last': got 'yes', expected true, false or 'auto'"),
         ("training.channels_last", None, r"spec field 'training.channels_last': got None, expected true, false or 'auto'"),
         ("training.compile", "maybe", r"spec field 'training.compile': got 'maybe', input should be a valid boolean"),

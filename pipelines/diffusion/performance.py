@@ -2,8 +2,9 @@
 
 ``auto`` picks bf16 autocast and the channels-last memory format on CUDA devices that
 compute in bfloat16 natively, and plain fp32 in the contiguous format on the CPU, so CPU
-runs keep the exact numbers they had before these options existed. fp16 is not offered:
-it needs a gradient scaler, whose state training checkpoints do not store. bf16 needs none.
+runs keep the exact numbers they had before these options existed. ``fp16`` is offered for
+GPUs without bfloat16: it trains with a gradient scaler, whose state training checkpoints
+keep. ``auto`` never picks it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,16 @@ class SpeedOptions:
     channels_last: bool
     compile: bool
 
+    @property
+    def scales_gradients(self) -> bool:
+        """Whether training needs a gradient scaler: fp16 gradients underflow without one."""
+        return self.autocast_dtype == torch.float16
+
     def describe(self) -> str:
         """Return the options as a short phrase, such as ``bf16 autocast, channels-last, eager``."""
-        precision = "fp32" if self.autocast_dtype is None else "bf16 autocast"
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast with gradient scaling"}[
+            self.autocast_dtype
+        ]
         memory_format = "channels-last" if self.channels_last else "contiguous"
         return f"{precision}, {memory_format}, {'compiled' if self.compile else 'eager'}"
 
@@ -42,18 +51,16 @@ def resolve_speed_options(
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"training precision must be one of {', '.join(PRECISIONS)}, but got {precision!r}. "
-            "fp16 is not offered because it needs a gradient scaler"
-        )
+        raise ValueError(f"training precision must be one of {', '.join(PRECISIONS)}, but got {precision!r}")
     native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise ValueError(f"training precision is bf16, but {name} does not support bfloat16. Set training.precision to fp32 or auto")
+        raise ValueError(f"training precision is bf16, but {name} does not support bfloat16. Set training.precision to fp16, fp32 or auto")
 
-    use_bf16 = precision == "bf16" or (precision == "auto" and native_bf16)
+    if precision == "auto":
+        precision = "bf16" if native_bf16 else "fp32"
     return SpeedOptions(
-        autocast_dtype=torch.bfloat16 if use_bf16 else None,
+        autocast_dtype=_AUTOCAST_DTYPES.get(precision),
         channels_last=device.type == "cuda" if channels_last is None else channels_last,
         compile=compile,
     )

@@ -1,7 +1,8 @@
 """Training a DDPM on healthy images with the simplified loss ||eps - eps_theta(x_t, t)||^2.
 
 Training can stop and resume: ``on_checkpoint`` receives a :class:`TrainingCheckpoint`
-(weights, EMA weights, optimiser, epoch, step, generator state and loss history) every
+(weights, EMA weights, optimiser, gradient scaler, epoch, step, generator state and loss
+history) every
 ``checkpoint_every`` epochs and at the end, and ``resume`` continues from one. Given
 the same checkpoint, a resumed run draws the same batches and noise as one that never
 stopped.
@@ -9,8 +10,8 @@ stopped.
 The images stay on their device and are augmented there, and the step losses stay there
 until the end of each epoch, so that a step waits for the host only where the noise source
 does (simplex noise copies its seeds to the host). ``TrainingSettings.precision``,
-``channels_last`` and ``compile`` select bf16 autocast, the channels-last memory format and
-``torch.compile`` (see :mod:`pipelines.diffusion.performance`). Checkpoints always hold the
+``channels_last`` and ``compile`` select bf16 or fp16 autocast (fp16 with a gradient
+scaler), the channels-last memory format and ``torch.compile`` (see :mod:`pipelines.diffusion.performance`). Checkpoints always hold the
 uncompiled model's weights, so their keys do not depend on ``compile``.
 """
 
@@ -60,7 +61,7 @@ class TrainingSettings:
     hflip: bool = True
     vflip: bool = True
     ema_decay: float | None = None
-    # "auto", "fp32" or "bf16". "auto" is bf16 autocast on CUDA with native bfloat16, else fp32.
+    # "auto", "fp32", "bf16" or "fp16". "auto" is bf16 autocast on CUDA with native bfloat16, else fp32.
     precision: str = "auto"
     # None: channels-last on CUDA only.
     channels_last: bool | None = None
@@ -88,7 +89,10 @@ class EpochStats:
 
 @dataclass
 class TrainingCheckpoint:
-    """Everything needed to continue training: weights, EMA weights, optimiser, position and RNG state."""
+    """Everything needed to continue training: weights, EMA weights, optimiser, position and RNG state.
+
+    ``scaler`` is the gradient scaler's state under fp16, and None otherwise.
+    """
 
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
@@ -97,6 +101,7 @@ class TrainingCheckpoint:
     step: int
     generator_state: torch.Tensor
     history: list[EpochStats]
+    scaler: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain containers that ``torch.load(weights_only=True)`` can read back."""
@@ -108,6 +113,7 @@ class TrainingCheckpoint:
             "step": self.step,
             "generator_state": self.generator_state,
             "history": [[stats.epoch, stats.step, stats.loss] for stats in self.history],
+            "scaler": self.scaler,
         }
 
     @classmethod
@@ -115,7 +121,15 @@ class TrainingCheckpoint:
         """Rebuild a checkpoint from :meth:`to_dict`'s output."""
         history = [EpochStats(int(epoch), int(step), float(loss)) for epoch, step, loss in data["history"]]
         return cls(
-            data["model"], data["ema"], data["optimizer"], int(data["epoch"]), int(data["step"]), data["generator_state"], history
+            data["model"],
+            data["ema"],
+            data["optimizer"],
+            int(data["epoch"]),
+            int(data["step"]),
+            data["generator_state"],
+            history,
+            # Checkpoints from before fp16 training have no scaler entry.
+            data.get("scaler"),
         )
 
 
@@ -198,6 +212,8 @@ def train_ddpm(
     ema = ema_model(model, settings.ema_decay) if settings.ema_decay is not None else None
     # dynamic=False: one static graph for full batches and one for a smaller last batch.
     forward = torch.compile(model, dynamic=False) if options.compile else model
+    # Disabled (every call passes through) unless fp16 needs it.
+    scaler = torch.amp.GradScaler(device.type, enabled=options.scales_gradients)
     total_steps = settings.total_steps(num_images)
 
     history: list[EpochStats] = []
@@ -207,6 +223,8 @@ def train_ddpm(
         optimizer.load_state_dict(resume.optimizer)
         if ema is not None and resume.ema is not None:
             ema.load_state_dict(resume.ema)
+        if scaler.is_enabled() and resume.scaler is not None:
+            scaler.load_state_dict(resume.scaler)
         generator.set_state(resume.generator_state)
         step, epoch, history = resume.step, resume.epoch, list(resume.history)
 
@@ -220,6 +238,7 @@ def train_ddpm(
             step=step,
             generator_state=generator.get_state(),
             history=list(history),
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
         )
 
     model.train()
@@ -255,8 +274,10 @@ def train_ddpm(
 
             step += 1
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            # With fp16, a step whose gradients overflowed is skipped and the scale lowered.
+            scaler.step(optimizer)
+            scaler.update()
             if ema is not None:
                 ema.update_parameters(model)
             losses.append(loss.detach())
@@ -283,7 +304,7 @@ def train_ddpm(
 
 
 def _autocast(device: torch.device, options: SpeedOptions) -> contextlib.AbstractContextManager:
-    """Return bf16 autocast on ``device`` where ``options`` ask for it, else a context that does nothing."""
+    """Return bf16 or fp16 autocast on ``device`` where ``options`` ask for it, else a context that does nothing."""
     if options.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=options.autocast_dtype)
