@@ -43,6 +43,7 @@ from trainables.cell_results import (
     run_postprocess,
     split_result,
 )
+from trainables.failures import OUT_OF_MEMORY_STATUSES, out_of_memory_error, out_of_memory_status
 from trainables.builders import build_model, build_noise, build_schedule, derive_seed, grid_settings, training_settings
 from trainables.tracking import RunLogger, flatten, start_child_run
 
@@ -105,6 +106,11 @@ def run_trial(
     if tags.get("sweeper.status") == "nan_loss":
         run.finish("FAILED")  # reopening the run set it running again
         raise RuntimeError(f"trial {trial_id} stopped earlier with a NaN or infinite training loss; lower training.lr")
+    if tags.get("sweeper.status") in OUT_OF_MEMORY_STATUSES:
+        # A retry may fit where the first attempt did not (another process held the memory),
+        # so the status describes this attempt and the earlier one is kept beside it.
+        run.set_tags({"sweeper.previous_status": tags["sweeper.status"]})
+        client.delete_tag(run.run_id, "sweeper.status")
     # Every node the trial has run on, in order: a retried trial shows where it moved.
     node = ray.get_runtime_context().get_node_id()
     run.set_tags({"sweeper.nodes": ",".join(filter(None, [tags.get("sweeper.nodes"), node]))})
@@ -132,21 +138,23 @@ def run_trial(
         run.set_tags({"sweeper.status": "nan_loss"})
         _close(run, results, record, "FAILED")
         raise
-    except torch.cuda.OutOfMemoryError as error:
-        # Only this trial fails; lowering resources.gpus packs fewer trials per GPU.
-        logger.error("trial %s: CUDA out of memory: %s", trial_id, str(error).splitlines()[0])
-        run.set_tags({"sweeper.status": "cuda_oom"})
-        _close(run, results, record, "FAILED")
-        raise
     except (SystemExit, KeyboardInterrupt):
         # Tune stops a trial by raising SystemExit inside tune.report.
         logger.info("trial %s: stopped by Tune", trial_id)
         _close(run, results, record, "KILLED")
         raise
     except BaseException as error:
-        logger.error("trial %s: failed with %s: %s", trial_id, type(error).__name__, error)
+        status = out_of_memory_status(error)
+        if status is None:
+            logger.error("trial %s: failed with %s: %s", trial_id, type(error).__name__, error)
+            _close(run, results, record, "FAILED")
+            raise
+        # Only this trial fails, and the message says which settings to lower.
+        failure = out_of_memory_error(trial_id, status, error)
+        logger.error("%s", failure)
+        run.set_tags({"sweeper.status": status})
         _close(run, results, record, "FAILED")
-        raise
+        raise failure from error
     _close(run, results, record, "FINISHED")
     tune.report(final)
 
