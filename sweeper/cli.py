@@ -60,11 +60,24 @@ def resume(name: str, storage: Path | None, address: str | None, tracking_uri: s
     their last checkpoints, skip the grid cells they had evaluated, and log into their
     existing MLflow runs.
     """
-    from sweeper.launch import resume_options
+    from sweeper.launch import finished, resume_options
 
     with user_errors():
         options = resume_options(name, storage=storage, address=address, tracking_uri=tracking_uri)
+    if finished(options):
+        # Tune would restore the sweep and run nothing, after the whole start-up of a launch.
+        storage_option = _storage_option(options.storage)
+        click.echo(
+            f"Sweep {name!r} finished with every trial done, so there is nothing to resume; "
+            f"see 'sweeper status {name}{storage_option}' and 'sweeper report {name}{storage_option}'"
+        )
+        return
     _run(options)
+
+
+def _storage_option(storage: Path) -> str:
+    """Return `` --storage DIR`` for a storage folder other than the default, else an empty string."""
+    return "" if storage == default_storage().resolve() else f" --storage {storage}"
 
 
 def _run(options: Any) -> None:
@@ -75,9 +88,7 @@ def _run(options: Any) -> None:
         summary = run_sweep(options, echo=click.echo)
     _print_summary(summary)
     folder = Path(summary["storage"])
-    resume_command = f"sweeper resume {folder.name}"
-    if folder.parent != default_storage().resolve():
-        resume_command += f" --storage {folder.parent}"
+    resume_command = f"sweeper resume {folder.name}{_storage_option(folder.parent)}"
     if summary["errored"]:
         raise click.ClickException(
             f"{summary['errored']} trial(s) failed; see 'sweeper status {folder.name}' and the trial logs, "

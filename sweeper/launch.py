@@ -264,18 +264,19 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
         )
     uri = options.tracking_uri or (previous["uri"] if previous else None) or spec.tracking.uri
     tracking = open_tracking(uri, spec.tracking.server_root, echo=echo, auth=tracking_credentials(spec.tracking.auth))
-    echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
-    data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)
-    counts = data.counts()
-    echo(
-        "  "
-        + ", ".join(f"{split}: {c['healthy']} healthy / {c['pathological']} pathological" for split, c in counts.items())
-        + (" (cache hit)" if data.cache_hit else "")
-    )
-
+    # Ray and the cluster checks come before the data, so that a wrong address or a node that
+    # cannot see the storage fails in seconds rather than after minutes of preparation.
     started_ray = connect_ray(options.address, spec)
     try:
         check_cluster(launch, tracking.uri)
+        echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
+        data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)
+        counts = data.counts()
+        echo(
+            "  "
+            + ", ".join(f"{split}: {c['healthy']} healthy / {c['pathological']} pathological" for split, c in counts.items())
+            + (" (cache hit)" if data.cache_hit else "")
+        )
         if previous is not None:
             experiment_id, sweep_run_id = previous["experiment_id"], previous["sweep_run_id"]
             tracking.client.update_run(sweep_run_id, status="RUNNING")
@@ -344,6 +345,12 @@ def resume_options(name: str, *, storage: Path | None, address: str | None, trac
     options.tracking_uri = tracking_uri or options.tracking_uri
     options.resume = True
     return options
+
+
+def finished(options: LaunchOptions) -> bool:
+    """Return whether the sweep that ``options`` resume ended with every trial done, so a resume would run nothing."""
+    state = read_driver_state(options.storage / options.name)
+    return state is not None and state.get("status") == "finished"
 
 
 def _start_sweep_run(tracking: Any, launch: PreparedLaunch, data: Any) -> tuple[str, str]:

@@ -153,7 +153,7 @@ def run_tuner(
         )
     else:
         tuner = _new_tuner(spec, launch, trainable)
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), _without_tune_resume_hint():
         results = tuner.fit()
     return summarize_results(results)
 
@@ -208,11 +208,34 @@ class FinalResultOptunaSearch(OptunaSearch):
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM stop the sweep the way Ctrl-C does, so Tune saves its state and the runs are closed."""
+def _without_tune_resume_hint() -> Iterator[None]:
+    """Drop Tune's "Resume experiment with: Tuner.restore(...)" warning, because the CLI prints the `sweeper resume` command."""
 
-    def interrupt(signal_number: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signal_number}")
+    def keep_record(record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(keep_record)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(keep_record)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM stop the sweep the way Ctrl-C does, so Tune saves its state and the runs are closed.
+
+    During ``Tuner.fit`` the SIGINT handler is Tune's: the first signal ends the sweep after a
+    last save of its state, and a second one stops it at once.
+    """
+
+    def interrupt(signal_number: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt(f"signal {signal_number}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -107,4 +107,6 @@ def test_bad_address_is_one_line_and_keeps_name(home: Path) -> None:
         stop_server(home / "mlflow")
     assert code == 1
     assert output.strip().splitlines()[-1].startswith("Error: could not connect to the Ray cluster at 'nonsense-address'")
+    # The address is tried before the data is prepared, so the error comes in seconds.
+    assert "Preparing data" not in output
     assert not (home / "sweeps" / "demo").exists()

@@ -206,6 +206,20 @@ def test_report_after_resume(resumed: dict) -> None:
     assert "Trials: 2 of 2 done; cells: 4 of 4 evaluated." in completed.stdout
 
 
+def test_resume_of_finished_sweep_is_noop(resumed: dict) -> None:
+    sweep = resumed["sweep"]
+    files = {path: path.stat().st_mtime_ns for path in sweep.rglob("*") if path.is_file()}
+    completed = subprocess.run(
+        [SWEEPER, "resume", "resume", "--storage", str(sweep.parent)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "finished with every trial done, so there is nothing to resume" in completed.stdout
+    assert f"'sweeper status resume --storage {sweep.parent}'" in completed.stdout
+    assert "Preparing data" not in completed.stdout
+    after = {path: path.stat().st_mtime_ns for path in sweep.rglob("*") if path.is_file()}
+    assert after == files
+
+
 def test_resume_rejects_a_damaged_state_file(tmp_path: Path) -> None:
     sweep = tmp_path / "sweeps" / "broken"
     sweep.mkdir(parents=True)

@@ -1,0 +1,64 @@
+"""Ctrl-C or a scheduler's SIGTERM stops `sweeper launch` cleanly: state saved, runs closed, resume command printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mlflow_server import ServerInfo
+from tests.test_resume import SPEC, SWEEPER, checkpoint_count, kill_group
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_signal_stops_sweep_resumably(server: ServerInfo, tmp_path: Path, signal_number: int) -> None:
+    name = f"stop-{signal_number}"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**SPEC, "name": name}), encoding="utf-8")
+    storage = tmp_path / "sweeps"
+    sweep = storage / name
+    log_path = tmp_path / "launch.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(
+            [SWEEPER, "launch", str(spec_path), "--tracking-uri", server.uri, "--storage", str(storage)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "SWEEPER_HOME": str(tmp_path / "home")},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while checkpoint_count(sweep, "00000") < 1:
+                assert driver.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first trial wrote no checkpoint in time"
+                time.sleep(0.5)
+            # The driver alone gets the signal, as from `kill` or a batch scheduler.
+            driver.send_signal(signal_number)
+            code = driver.wait(timeout=300)
+        finally:
+            kill_group(driver)
+    output = log_path.read_text()
+
+    assert code == 1, output[-3000:]
+    assert f"continue it with 'sweeper resume {name} --storage {storage.resolve()}'" in output
+    # Tune's own hint names a Python call that does not apply to the CLI, so it is not printed.
+    assert "Tuner.restore(" not in output
+    assert "Traceback" not in output
+    assert json.loads((sweep / "sweep.json").read_text(encoding="utf-8"))["status"] == "interrupted"
+    assert sorted(sweep.glob("experiment_state-*.json"))
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id])
+    # Every run the driver or a trial opened is closed, none left RUNNING.
+    assert runs
+    assert all(run.info.status != "RUNNING" for run in runs), [(run.info.run_name, run.info.status) for run in runs]
+    sweep_run = next(run for run in runs if run.data.tags["sweeper.level"] == "sweep")
+    assert sweep_run.info.status == "KILLED"
