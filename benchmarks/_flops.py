@@ -18,8 +18,11 @@ TRAIN_FLOPS_PER_FORWARD = 3
 
 # Dense bf16 Tensor Core peaks in TFLOP/s (without 2:4 sparsity, which roughly doubles them),
 # by torch.cuda.get_device_name. The H200 SXM's is about 989, as tabulated at
-# https://itkb.uw.cz/2026/06/nvidia-h200-vs-b300-precisions-cores.html.
-# Other devices, the H200 NVL among them, are not listed. Set PEAK_TFLOPS_ENV or --peak-tflops for them.
+# https://itkb.uw.cz/2026/06/nvidia-h200-vs-b300-precisions-cores.html and in the fp16_dense_tflops
+# column of https://huggingface.co/datasets/devidasmishra/ai-inference-hardware-economics-2026.
+# NOTE: both are third-party tables, and no NVIDIA datasheet was at hand to check them. An
+# estimate of 790 would raise every MFU 1.25-fold. Other devices, the H200 NVL among them, are
+# not listed. Set PEAK_TFLOPS_ENV or --peak-tflops for them.
 DENSE_BF16_PEAK_TFLOPS: dict[str, float] = {"NVIDIA H200": 989.0}
 PEAK_TFLOPS_ENV = "SWEEPER_PEAK_TFLOPS"
 

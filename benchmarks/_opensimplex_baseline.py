@@ -13,8 +13,8 @@ As a program it times that noise and prints the seconds of each run as JSON:
 These timings run in a process of their own because numba's OpenMP threads keep
 busy-waiting after a parallel call under the default ``OMP_WAIT_POLICY``. On a shared
 2-core machine that slowed PyTorch in the same process 10 to 30 times, for seconds after
-the last call. The ``draw`` timings run with ``OMP_WAIT_POLICY=PASSIVE``, under which numba
-was fastest there, and the ``steps`` timings with the default, as the product ran before.
+the last call. The benchmarks run this program with ``OMP_WAIT_POLICY=PASSIVE``, under which
+numba was fastest there.
 """
 
 from __future__ import annotations
