@@ -18,8 +18,8 @@ The aim is at most 10 %.
 ``steps_cpu`` times whole training and reverse steps of the tiny preset with
 ``SimplexNoise`` against the same steps with opensimplex noise drawn in the same process, as
 ``SimplexNoise`` drew it before. The opensimplex steps run with ``OMP_WAIT_POLICY=PASSIVE``,
-the setting under which they were fastest, so the baseline is the old noise at its best.
-The ratio is the new step's time over the old one's.
+as the draw baseline does, so that idle numba threads do not compete with PyTorch for the
+cores. The ratio is the new step's time over the old one's.
 
 ``--quick`` shrinks images and batches so that the rows only check that everything runs.
 """
