@@ -122,14 +122,7 @@ def find_running(root: Path | str) -> ServerInfo | None:
     if info is None:
         return None
 
-    if not (is_alive(info.pid) and is_server_process(info.pid)):
-        logger.info(
-            "Removing stale MLflow server state for %s because pid %d is not a running "
-            "MLflow server",
-            root,
-            info.pid,
-        )
-        remove_state(root)
+    if _remove_if_stale(root, info):
         return None
 
     if not is_healthy(info.uri):
@@ -205,14 +198,7 @@ def stop_server(root: Path | str, timeout_s: float = STOP_TIMEOUT_S) -> ServerIn
         if info is None:
             return None
 
-        if not (is_alive(info.pid) and is_server_process(info.pid)):
-            logger.info(
-                "Removing stale MLflow server state for %s because pid %d is not a running "
-            "MLflow server",
-                root,
-                info.pid,
-            )
-            remove_state(root)
+        if _remove_if_stale(root, info):
             return None
 
         logger.info("Stopping MLflow server pid %d at %s for %s", info.pid, info.uri, root)
@@ -220,6 +206,15 @@ def stop_server(root: Path | str, timeout_s: float = STOP_TIMEOUT_S) -> ServerIn
         remove_state(root)
         logger.info("Stopped MLflow server pid %d for %s", info.pid, root)
         return info
+
+
+def _remove_if_stale(root: Path, info: ServerInfo) -> bool:
+    """Remove the state file of ``root`` and return True when ``info.pid`` is not a running MLflow server."""
+    if is_alive(info.pid) and is_server_process(info.pid):
+        return False
+    logger.info("Removing stale MLflow server state for %s because pid %d is not a running MLflow server", root, info.pid)
+    remove_state(root)
+    return True
 
 
 def wait_for_exit(info: ServerInfo, *, poll_interval_s: float = 1.0) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +105,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     info = start_server(root)
     yield info
     stop_server(root)
+
+
+@contextmanager
+def serve_folder(folder: Path, name: str) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 from a thread called ``name``; yield its base URL and the paths requested."""
+    requested_paths: list[str] = []
+
+    class RecordingHandler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested_paths.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RecordingHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}", requested_paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def free_port() -> int:

