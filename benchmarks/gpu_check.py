@@ -8,8 +8,9 @@ CUDA with the settings of ``configs/paper.yaml``:
    (bf16 autocast and channels-last on CUDA; ``--compile`` adds ``torch.compile``), and
    report images per second and peak GPU memory;
 2. evaluate the full grid (AnoDDPM with Gaussian and simplex noise, AutoDDPM with Gaussian
-   noise, t = 50 to 300: 18 cells) on 32 phantoms with untrained UNets, one
-   ``evaluate_cell`` per cell as a trial does, and report images per second;
+   noise, t = 50 to 300: 18 cells) on 32 phantoms with untrained UNets, as a trial does:
+   ``evaluate_grid`` runs every t of a method in one ragged batch, and the UNet runs under
+   ``evaluation.precision`` (bf16 autocast on CUDA). Report images per second;
 3. count the UNet's FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``, turn
    both speeds into achieved TFLOP/s and divide them by the device's dense bf16 peak: the
    model FLOP utilisation (MFU). The peak comes from ``--peak-tflops``, else
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -39,8 +41,10 @@ from benchmarks import machine_for
 from benchmarks._flops import device_peak, forward_flops, training_tflops
 from pipelines.data.dataset import PreparedSplit
 from pipelines.data.phantoms import generate_synthetic_phantoms
+from pipelines.diffusion.performance import inference_model
 from pipelines.diffusion.training import TrainingSettings, train_ddpm
-from pipelines.evaluation.grid import evaluate_cell, grid_cells
+from pipelines.evaluation.grid import grid_cells
+from pipelines.evaluation.ragged import evaluate_grid
 from pipelines.metrics.lpips import LPIPSWeightsError, PerceptualDistance
 from sweeper.spec import SweepSpec, load_yaml, set_dotted, validate
 from trainables.builders import build_model, build_noise, build_schedule, grid_settings
@@ -203,9 +207,19 @@ def time_grid(spec: SweepSpec, size: CheckSize, device: torch.device, distance: 
         model.register_forward_hook(count)
 
     start = time.perf_counter()
-    for cell in cells:
-        noise = build_noise(spec, cell.noise)
-        evaluate_cell(cell, models[cell.noise], schedule, data, split="test", noise=noise, distance=distance, settings=settings, device=device)
+    # As trials evaluate: every t of a method in one ragged batch, the UNet under evaluation.precision.
+    evaluate_grid(
+        cells,
+        {noise: inference_model(model, device, spec.evaluation.precision) for noise, model in models.items()},
+        schedule,
+        data,
+        split="test",
+        noise_for=functools.partial(build_noise, spec),
+        distance=distance,
+        settings=settings,
+        device=device,
+        max_batch_size=spec.evaluation.max_batch_size,
+    )
     synchronise(device)
     return len(cells), time.perf_counter() - start, passes[0]
 

@@ -402,6 +402,9 @@ class EvaluationSpec(_Section):
     batch_size: int = Field(32, ge=1)
     # Samples (images times the t values run together) in one UNet call; None: batch_size images at a time.
     max_batch_size: int | None = Field(None, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="UNet autocast in evaluation. auto: bf16 on CUDA with native bfloat16, else fp32."
+    )
     autoddpm: AutoDDPMSpec = Field(default_factory=AutoDDPMSpec)
     figure_examples: int = Field(3, ge=0, le=16)
     lpips_weights: str | None = None

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.diffusion.noise import GaussianNoise, to_model_range
-from pipelines.diffusion.performance import resolve_speed_options
+from pipelines.diffusion.performance import inference_model, resolve_speed_options
 from pipelines.diffusion.schedule import DiffusionSchedule
 from pipelines.diffusion.training import NonFiniteLossError, TrainingCheckpoint, TrainingSettings, augment, train_ddpm
 from pipelines.diffusion.unet import build_unet
@@ -118,6 +118,11 @@ def test_bf16_autocast_trains_on_cpu() -> None:
     assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
 
 
+def test_unknown_inference_precision_rejected() -> None:
+    with pytest.raises(ValueError, match=r"evaluation precision must be one of auto, fp32, bf16, but got 'fp16'$"):
+        inference_model(tiny_unet(), "cpu", "fp16")
+
+
 def test_fp16_autocast_trains_with_a_scaler_on_cpu() -> None:
     model = tiny_unet()
     output_dtypes: set[torch.dtype] = set()
@@ -156,6 +161,7 @@ def test_training_settings_pass_speed_options() -> None:
         ("training.channels_last", "yes", r"spec field 'training.channels_last': got 'yes', expected true, false or 'auto'"),
         ("training.channels_last", None, r"spec field 'training.channels_last': got None, expected true, false or 'auto'"),
         ("training.compile", "maybe", r"spec field 'training.compile': got 'maybe', input should be a valid boolean"),
+        ("evaluation.precision", "fp16", r"spec field 'evaluation.precision': got 'fp16', input should be 'auto', 'fp32' or 'bf16'"),
     ],
 )
 def test_bad_speed_option_names_field(key: str, value: object, message: str) -> None:

@@ -26,6 +26,7 @@ from ray import tune
 from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
 from pipelines.diffusion.training import EpochStats, NonFiniteLossError, TrainingCheckpoint, train_ddpm
+from pipelines.diffusion.performance import inference_model
 from pipelines.diffusion.unet import count_parameters
 from pipelines.evaluation.grid import CellOutputs, GridCell, grid_cells
 from pipelines.evaluation.ragged import evaluate_grid
@@ -266,6 +267,7 @@ def _evaluate(
     pending = [cell for cell in cells if cell.name not in records]
     for group in _cell_groups(pending):
         model, schedule = models[group[0].noise]
+        model = inference_model(model, device, spec.evaluation.precision)
         # Every t of the group in one ragged batch per split: the same outputs as cell by cell.
         by_split = {
             split: evaluate_grid(

@@ -1,10 +1,13 @@
-"""Resolve the speed options of training (precision, memory format, torch.compile) for one device.
+"""Resolve the speed options of training (precision, memory format, torch.compile) and of evaluation (precision).
 
 ``auto`` picks bf16 autocast and the channels-last memory format on CUDA devices that
 compute in bfloat16 natively, and plain fp32 in the contiguous format on the CPU, so CPU
 runs keep the exact numbers they had before these options existed. ``fp16`` is offered for
 GPUs without bfloat16: it trains with a gradient scaler, whose state training checkpoints
 keep. ``auto`` never picks it.
+
+Evaluation runs the UNet under the same autocast (:func:`inference_model`), with ``auto``,
+``fp32`` or ``bf16``. The reverse process itself, and every map and metric, stay in fp32.
 """
 
 from __future__ import annotations
@@ -64,3 +67,31 @@ def resolve_speed_options(
         channels_last=device.type == "cuda" if channels_last is None else channels_last,
         compile=compile,
     )
+
+
+INFERENCE_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+class AutocastModule(torch.nn.Module):
+    """A module whose forward pass runs under autocast to ``dtype``, with the output cast back to fp32."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            output = self.module(x, *args, **kwargs)
+        return output.float()
+
+
+def inference_model(model: torch.nn.Module, device: torch.device | str, precision: str = "auto") -> torch.nn.Module:
+    """Return ``model`` wrapped to run under bf16 autocast where ``precision`` resolves to bf16 on ``device``, else ``model``.
+
+    ``auto`` is bf16 on CUDA devices with native bfloat16 and fp32 elsewhere, as for training.
+    """
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"evaluation precision must be one of {', '.join(INFERENCE_PRECISIONS)}, but got {precision!r}")
+    options = resolve_speed_options(device, precision=precision)
+    return model if options.autocast_dtype is None else AutocastModule(model, options.autocast_dtype)
