@@ -30,6 +30,9 @@ pytestmark = pytest.mark.slow
 
 SWEEPER = str(Path(sys.executable).parent / "sweeper")
 EPOCHS = 6
+# The resumed sweep trains longer, so that the driver is killed well before its second trial
+# ends: Tune may record that trial's checkpoints in its saved state only every 3 checkpoints.
+RESUME_EPOCHS = 30
 SPEC = {
     "name": "resume",
     "data": {
@@ -83,7 +86,7 @@ def kill_group(process: subprocess.Popen) -> None:
 def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("resume")
     spec_path = work / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
+    spec_path.write_text(yaml.safe_dump({**SPEC, "training": {**SPEC["training"], "epochs": RESUME_EPOCHS}}), encoding="utf-8")
     storage = work / "sweeps"
     sweep = storage / "resume"
     environment = {**os.environ, "SWEEPER_HOME": str(work / "home")}
@@ -184,7 +187,7 @@ def test_no_metric_step_logged_twice(resumed: dict) -> None:
             assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
     for run in levels["trial"]:
         losses = client.get_metric_history(run.info.run_id, "train/loss_gaussian")
-        assert sorted(metric.step for metric in losses) == list(range(1, EPOCHS + 1))
+        assert sorted(metric.step for metric in losses) == list(range(1, RESUME_EPOCHS + 1))
 
 
 def test_finished_trial_not_run_again(resumed: dict) -> None:
