@@ -1,9 +1,8 @@
 """A trial that runs out of memory fails alone, tagged as such, and the other trial finishes.
 
 The out-of-memory errors are real. On the CPU the sweep runs under a 6 GiB limit on each
-process's data segment (``RLIMIT_DATA``, which Ray's workers inherit from the driver), and
-one trial requests a UNet of 4096 channels at every level: 6.4 billion weights, 25 GB in
-fp32. On a GPU the two trials share one device (``resources.gpus: 0.5``), so each may use
+process's data segment (``RLIMIT_DATA``, which Ray's workers inherit from the driver). One
+trial requests a UNet of 4096 channels at every level: 6.4 billion weights, 25 GB in fp32. On a GPU the two trials share one device (``resources.gpus: 0.5``), so each may use
 half of its memory, and the same UNet with its gradients and AdamW state needs about 100 GB.
 """
 

@@ -86,7 +86,7 @@ def test_explicit_options_win_over_auto() -> None:
 
 
 def test_unknown_precision_rejected() -> None:
-    with pytest.raises(ValueError, match=r"precision must be one of auto, fp32, bf16, fp16, but got 'fp8'$"):
+    with pytest.raises(ValueError, match=r"training.precision must be one of auto, fp32, bf16, fp16, but got 'fp8'$"):
         resolve_speed_options("cpu", precision="fp8")
 
 
@@ -119,7 +119,7 @@ def test_bf16_autocast_trains_on_cpu() -> None:
 
 
 def test_unknown_inference_precision_rejected() -> None:
-    with pytest.raises(ValueError, match=r"evaluation precision must be one of auto, fp32, bf16, but got 'fp16'$"):
+    with pytest.raises(ValueError, match=r"evaluation.precision must be one of auto, fp32, bf16, but got 'fp16'$"):
         inference_model(tiny_unet(), "cpu", "fp16")
 
 

@@ -25,8 +25,8 @@ from ray import tune
 
 from pipelines.data.dataset import PreparedData
 from pipelines.data.records import write_manifest
-from pipelines.diffusion.training import EpochStats, NonFiniteLossError, TrainingCheckpoint, train_ddpm
 from pipelines.diffusion.performance import inference_model
+from pipelines.diffusion.training import EpochStats, NonFiniteLossError, TrainingCheckpoint, train_ddpm
 from pipelines.diffusion.unet import count_parameters
 from pipelines.evaluation.grid import CellOutputs, GridCell, grid_cells
 from pipelines.evaluation.ragged import evaluate_grid
@@ -150,7 +150,7 @@ def run_trial(
             logger.error("trial %s: failed with %s: %s", trial_id, type(error).__name__, error)
             _close(run, results, record, "FAILED")
             raise
-        # Only this trial fails, and the message says which settings to lower.
+        # Only this trial fails, and the message names the settings to lower.
         failure = out_of_memory_error(trial_id, status, error)
         logger.error("%s", failure)
         run.set_tags({"sweeper.status": status})

@@ -45,20 +45,25 @@ class SpeedOptions:
 
 
 def resolve_speed_options(
-    device: torch.device | str, *, precision: str = "auto", channels_last: bool | None = None, compile: bool = False
+    device: torch.device | str,
+    *,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    field: str = "training.precision",
 ) -> SpeedOptions:
     """Return the options for ``device``; ``precision="auto"`` and ``channels_last=None`` pick by device.
 
     Raises ``ValueError`` for an unknown precision and for bf16 on a CUDA device without
-    bfloat16 support.
+    bfloat16 support, naming the spec ``field`` to change.
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
-        raise ValueError(f"training precision must be one of {', '.join(PRECISIONS)}, but got {precision!r}")
+        raise ValueError(f"{field} must be one of {', '.join(PRECISIONS)}, but got {precision!r}")
     native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise ValueError(f"training precision is bf16, but {name} does not support bfloat16. Set training.precision to fp16, fp32 or auto")
+        raise ValueError(f"{field} is bf16, but {name} does not support bfloat16. Set {field} to fp16, fp32 or auto")
 
     if precision == "auto":
         precision = "bf16" if native_bf16 else "fp32"
@@ -92,6 +97,6 @@ def inference_model(model: torch.nn.Module, device: torch.device | str, precisio
     ``auto`` is bf16 on CUDA devices with native bfloat16 and fp32 elsewhere, as for training.
     """
     if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"evaluation precision must be one of {', '.join(INFERENCE_PRECISIONS)}, but got {precision!r}")
-    options = resolve_speed_options(device, precision=precision)
+        raise ValueError(f"evaluation.precision must be one of {', '.join(INFERENCE_PRECISIONS)}, but got {precision!r}")
+    options = resolve_speed_options(device, precision=precision, field="evaluation.precision")
     return model if options.autocast_dtype is None else AutocastModule(model, options.autocast_dtype)
