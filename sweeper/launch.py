@@ -300,6 +300,7 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
             raise
         finally:
             write_driver_state(sweep_folder, {"FINISHED": "finished", "KILLED": "interrupted"}.get(status, "failed"))
+            _close_orphaned_runs(tracking.client, experiment_id, spec.name, sweep_run_id)
             _end_sweep_run(tracking.client, sweep_run_id, status)
     finally:
         if started_ray:
@@ -307,6 +308,28 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     summary["mlflow_url"] = tracking.experiment_url(experiment_id)
     summary["storage"] = str(launch.storage / spec.name)
     return summary
+
+
+def _close_orphaned_runs(client: Any, experiment_id: str, sweep_name: str, sweep_run_id: str) -> None:
+    """Mark trial and cell runs of the sweep that are still RUNNING as KILLED, since no trial runs after Tune returns.
+
+    A stopped trial closes its own runs, but Tune kills trial processes that do not stop in
+    time, and a killed process cannot.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        orphans = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`sweeper.sweep` = '{sweep_name}' and attributes.status = 'RUNNING'",
+            max_results=10000,
+        )
+        for run in orphans:
+            if run.info.run_id != sweep_run_id:
+                client.set_terminated(run.info.run_id, status="KILLED")
+                logger.info("marked MLflow run %s (%s) as KILLED: its trial had stopped", run.info.run_id, run.info.run_name)
+    except MlflowException as error:
+        logger.warning("could not close the sweep's unfinished MLflow runs: %s", str(error).splitlines()[0])
 
 
 def _end_sweep_run(client: Any, run_id: str, status: str) -> None:

@@ -19,11 +19,35 @@ from tests.test_resume import SPEC, SWEEPER, checkpoint_count, kill_group
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_signal_stops_sweep_resumably(server: ServerInfo, tmp_path: Path, signal_number: int) -> None:
-    name = f"stop-{signal_number}"
+def trial_processes(session: int) -> list[int]:
+    """Return the pids of the Ray workers that run Tune trials (``ImplicitFunc`` actors) in the process session ``session``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The session id is the 6th field of /proc/PID/stat, and the 4th after the command's closing parenthesis.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # the process has ended
+        if int(fields[3]) == session and command.startswith(b"ray::ImplicitFunc"):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("signal_number", "stuck"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigint", "sigterm", "sigint-stuck-trials"],
+)
+def test_signal_stops_sweep_resumably(server: ServerInfo, tmp_path: Path, signal_number: int, stuck: bool) -> None:
+    name = f"stop-{signal_number}-{'stuck' if stuck else 'live'}"
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({**SPEC, "name": name}), encoding="utf-8")
+    # Two trials at once: Tune kills trial processes that do not stop in time, so the driver
+    # must close the MLflow runs that they leave open.
+    resources = {**SPEC["resources"], "max_concurrent_trials": 2}
+    spec_path.write_text(yaml.safe_dump({**SPEC, "name": name, "resources": resources}), encoding="utf-8")
     storage = tmp_path / "sweeps"
     sweep = storage / name
     log_path = tmp_path / "launch.log"
@@ -39,6 +63,13 @@ def test_signal_stops_sweep_resumably(server: ServerInfo, tmp_path: Path, signal
                 assert driver.poll() is None, log_path.read_text()[-3000:]
                 assert time.monotonic() < deadline, "the first trial wrote no checkpoint in time"
                 time.sleep(0.5)
+            if stuck:
+                # Trials that cannot stop within Tune's 5 s grace period are killed, and cannot
+                # close their own runs: freeze them, as a long UNet call on a busy GPU would.
+                stuck_pids = trial_processes(driver.pid)
+                assert stuck_pids
+                for pid in stuck_pids:
+                    os.kill(pid, signal.SIGSTOP)
             # The driver alone gets the signal, as from `kill` or a batch scheduler.
             driver.send_signal(signal_number)
             code = driver.wait(timeout=300)
