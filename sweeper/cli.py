@@ -15,6 +15,7 @@ from sweeper.errors import user_errors
 from sweeper.mlflow_commands import mlflow_group
 from sweeper.paths import default_storage
 from sweeper.report import report_command
+from sweeper.signals import sigterm_as_interrupt
 from sweeper.weights_commands import weights_group
 
 
@@ -84,7 +85,7 @@ def _run(options: Any) -> None:
     """Run or resume a sweep, print its summary, and exit non-zero if a trial failed or is unfinished."""
     from sweeper.launch import run_sweep
 
-    with user_errors():
+    with user_errors(), sigterm_as_interrupt():
         summary = run_sweep(options, echo=click.echo)
     _print_summary(summary)
     folder = Path(summary["storage"])

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sweeper.errors import user_errors
+from sweeper.signals import sigterm_as_interrupt
 
 # When the CLI imported this module, shortly after the process started: the whole command is timed from here.
 _IMPORTED_AT = time.perf_counter()
@@ -64,30 +61,13 @@ def _curate(spec: Any, spec_path: Path, root: Path, cache_dir: Path, *, keep_thu
         bar.update(done - bar.pos)
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             return prepare_data(
                 spec, spec_path=spec_path, data_root=root, cache_dir=cache_dir, keep_thumbnails=keep_thumbnails, on_progress=on_progress
             )
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Raise KeyboardInterrupt on SIGTERM, as Ctrl-C does, so unfinished files are removed and click prints 'Aborted!'."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signal_number: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @data_group.command()
@@ -261,8 +241,8 @@ def train_segmenter(hc18_folder: Path, out: Path | None, image_size: int, epochs
     )
     if report.mean_dice < MIN_HELD_OUT_DICE:
         where = (
-            f" It is now the default segmenter that curation uses unless data.curation.segmentation.weights or "
-            f"$SWEEPER_SEGMENTER_WEIGHTS names another; pass --out for quick runs."
+            " It is now the default segmenter that curation uses unless data.curation.segmentation.weights or "
+            "$SWEEPER_SEGMENTER_WEIGHTS names another; pass --out for quick runs."
             if default_out
             else ""
         )

@@ -665,6 +665,12 @@ def check_consistency(spec: SweepSpec) -> None:
             )
     if len(set(evaluation.t)) != len(evaluation.t):
         raise SpecError(f"spec field 'evaluation.t': got {evaluation.t}, expected distinct noise levels")
+    if spec.training.precision == "fp16" and spec.resources.gpus == 0:
+        # CPUs have no fast fp16 arithmetic: a tiny UNet's training step took about 150 times as long as in fp32.
+        raise SpecError(
+            "spec field 'training.precision': got 'fp16' with resources.gpus 0, but fp16 is for GPUs and "
+            "trains far slower than fp32 on the CPU; use fp32 or bf16, or give trials a GPU"
+        )
     if not evaluation.methods:
         raise SpecError("spec field 'evaluation.methods': the grid is empty; name at least one method")
     for method, noises in evaluation.methods.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ import sweeper
 import trainables
 from pipelines.reporting.results import RESULTS_FOLDER
 from sweeper.search_space import param_space
+from sweeper.signals import sigterm_as_interrupt
 from sweeper.spec import SpecError, SweepSpec
 from trainables.logged_in_trial import run_trial
 from trainables.trial import SweepContext
@@ -63,6 +66,11 @@ def connect_ray(address: str | None, spec: SweepSpec) -> bool:
     # NUMBA_NUM_THREADS is set, and those threads starve the trial's own PyTorch thread.
     environment = {**WORKER_ENVIRONMENT, "NUMBA_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}
     runtime_env: dict[str, Any] = {"env_vars": environment}
+    if address is not None:
+        _check_reachable(address)
+    # ray.init replaces the SIGTERM handler with one that exits at once. The caller's handler
+    # is put back, so SIGTERM still unwinds like Ctrl-C and the sweep's folders are cleaned.
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
             # "local" always starts a new instance, never one that `ray start` left on this machine.
@@ -79,8 +87,32 @@ def connect_ray(address: str | None, spec: SweepSpec) -> bool:
             f"could not connect to {where}: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
             f"check the address ('auto' needs 'ray start --head' on this machine, ray://HOST:10001 a Ray Client server)"
         ) from error
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm_handler)
     _check_cluster_resources(spec)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`RayConnectionError` at once when ``address`` names a host and port that do not accept connections.
+
+    ``ray.init`` retries an unreachable GCS for minutes (more than 2 in one try on 127.0.0.1:1). Addresses without a port
+    (``auto``, or a name Ray cannot parse) are left to ``ray.init``.
+    """
+    target = address.removeprefix("ray://")
+    host, separator, port = target.rpartition(":")
+    if not separator or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RayConnectionError(
+            f"could not connect to the Ray cluster at {address!r}: {host}:{port} cannot be reached ({reason}); "
+            f"check the address ('auto' needs 'ray start --head' on this machine, ray://HOST:10001 a Ray Client server)"
+        ) from None
 
 
 def check_cluster(launch: PreparedLaunch, tracking_uri: str) -> None:
@@ -153,7 +185,7 @@ def run_tuner(
         )
     else:
         tuner = _new_tuner(spec, launch, trainable)
-    with _sigterm_as_interrupt(), _without_tune_resume_hint():
+    with sigterm_as_interrupt(), _without_tune_resume_hint():
         results = tuner.fit()
     return summarize_results(results)
 
@@ -220,28 +252,6 @@ def _without_tune_resume_hint() -> Iterator[None]:
         yield
     finally:
         tune_logger.removeFilter(keep_record)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM stop the sweep the way Ctrl-C does, so Tune saves its state and the runs are closed.
-
-    During ``Tuner.fit`` the SIGINT handler is Tune's: the first signal ends the sweep after a
-    last save of its state, and a second one stops it at once.
-    """
-
-    def interrupt(signal_number: int, frame: Any) -> None:
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt(f"signal {signal_number}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def summarize_results(results: tune.ResultGrid) -> dict[str, Any]:

@@ -97,16 +97,18 @@ def test_more_cpus_than_machine_rejected(home: Path) -> None:
     assert "no trial could start" in output
 
 
-def test_bad_address_is_one_line_and_keeps_name(home: Path) -> None:
+# A port that refuses connections fails at once; Ray itself would retry it for a minute or more.
+@pytest.mark.parametrize("address", ["nonsense-address", "127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_bad_address_is_one_line_and_keeps_name(home: Path, address: str) -> None:
     from mlflow_server import start_server, stop_server
 
     server = start_server(home / "mlflow")
     try:
-        code, output = launch(DEMO, "--address", "nonsense-address", "--tracking-uri", server.uri, "--storage", str(home / "sweeps"))
+        code, output = launch(DEMO, "--address", address, "--tracking-uri", server.uri, "--storage", str(home / "sweeps"))
     finally:
         stop_server(home / "mlflow")
     assert code == 1
-    assert output.strip().splitlines()[-1].startswith("Error: could not connect to the Ray cluster at 'nonsense-address'")
+    assert output.strip().splitlines()[-1].startswith(f"Error: could not connect to the Ray cluster at '{address}'")
     # The address is tried before the data is prepared, so the error comes in seconds.
     assert "Preparing data" not in output
     assert not (home / "sweeps" / "demo").exists()

@@ -312,11 +312,11 @@ def test_train_segmenter_warns_on_low_dice(hc18_folder: Path, tmp_path: Path) ->
 
 
 def test_sigterm_stops_like_ctrl_c() -> None:
-    from sweeper.data_commands import _sigterm_as_interrupt
+    from sweeper.signals import sigterm_as_interrupt
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler's KeyboardInterrupt ends the sleep at once
     assert signal.getsignal(signal.SIGTERM) is previous

@@ -19,21 +19,26 @@ from tests.test_resume import SPEC, SWEEPER, checkpoint_count, kill_group
 pytestmark = pytest.mark.slow
 
 
-def trial_processes(session: int) -> list[int]:
-    """Return the pids of the Ray workers that run Tune trials (``ImplicitFunc`` actors) in the process session ``session``."""
-    pids = []
+def session_processes(session: int) -> dict[int, bytes]:
+    """Return the command line of every live (not zombie) process in the process session ``session``, by pid."""
+    processes = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            # The session id is the 6th field of /proc/PID/stat, and the 4th after the command's closing parenthesis.
+            # After the command's closing parenthesis, /proc/PID/stat lists the state first and the session 4th.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # the process has ended
-        if int(fields[3]) == session and command.startswith(b"ray::ImplicitFunc"):
-            pids.append(int(entry.name))
-    return pids
+        if int(fields[3]) == session and fields[0] != "Z":
+            processes[int(entry.name)] = command
+    return processes
+
+
+def trial_processes(session: int) -> list[int]:
+    """Return the pids of the Ray workers that run Tune trials (``ImplicitFunc`` actors) in the process session ``session``."""
+    return [pid for pid, command in session_processes(session).items() if command.startswith(b"ray::ImplicitFunc")]
 
 
 @pytest.mark.parametrize(
@@ -93,3 +98,40 @@ def test_signal_stops_sweep_resumably(server: ServerInfo, tmp_path: Path, signal
     assert all(run.info.status != "RUNNING" for run in runs), [(run.info.run_name, run.info.status) for run in runs]
     sweep_run = next(run for run in runs if run.data.tags["sweeper.level"] == "sweep")
     assert sweep_run.info.status == "KILLED"
+
+
+def test_early_sigterm_leaves_nothing(server: ServerInfo, tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**SPEC, "name": "early"}), encoding="utf-8")
+    sweep = tmp_path / "sweeps" / "early"
+    log_path = tmp_path / "launch.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(
+            [SWEEPER, "launch", str(spec_path), "--tracking-uri", server.uri, "--storage", str(tmp_path / "sweeps")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "SWEEPER_HOME": str(tmp_path / "home")},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            # launch.json is written once the spec is checked, seconds before Ray has started.
+            while not (sweep / "launch.json").exists():
+                assert driver.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the launch wrote no launch.json in time"
+                time.sleep(0.1)
+            driver.send_signal(signal.SIGTERM)
+            code = driver.wait(timeout=300)
+            # Ray's own processes, if it had started them, go with the driver.
+            deadline = time.monotonic() + 30
+            while session_processes(driver.pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            left = session_processes(driver.pid)
+        finally:
+            kill_group(driver)
+    output = log_path.read_text()
+
+    assert code == 1, output[-3000:]
+    assert output.strip().splitlines()[-1] == "Aborted!"
+    assert "Traceback" not in output
+    # A sweep stopped before Tune saved any state leaves no folder, so the same name can be launched again.
+    assert not sweep.exists()
+    assert not left, left

@@ -146,7 +146,8 @@ def test_nan_loss_names_its_step() -> None:
 
 def test_training_settings_pass_speed_options() -> None:
     raw = minimal_spec()
-    for key, value in {"training.precision": "fp16", "training.channels_last": False, "training.compile": True}.items():
+    options = {"training.precision": "fp16", "training.channels_last": False, "training.compile": True, "resources.gpus": 1}
+    for key, value in options.items():
         raw = set_dotted(raw, key, value)
     settings = training_settings(validate(raw))
     assert (settings.precision, settings.channels_last, settings.compile) == ("fp16", False, True)
@@ -162,6 +163,7 @@ def test_training_settings_pass_speed_options() -> None:
         ("training.channels_last", None, r"spec field 'training.channels_last': got None, expected true, false or 'auto'"),
         ("training.compile", "maybe", r"spec field 'training.compile': got 'maybe', input should be a valid boolean"),
         ("evaluation.precision", "fp16", r"spec field 'evaluation.precision': got 'fp16', input should be 'auto', 'fp32' or 'bf16'"),
+        ("training.precision", "fp16", r"spec field 'training.precision': got 'fp16' with resources.gpus 0, but fp16 is for GPUs"),
     ],
 )
 def test_bad_speed_option_names_field(key: str, value: object, message: str) -> None:

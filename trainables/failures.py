@@ -14,12 +14,12 @@ OUT_OF_MEMORY_STATUSES = ("cuda_oom", "cpu_oom")
 _ADVICE = {
     "cuda_oom": (
         "GPU memory",
-        "lower training.batch_size or evaluation.max_batch_size, use a smaller model, "
+        "lower training.batch_size, evaluation.batch_size or evaluation.max_batch_size, use a smaller model, "
         "or raise resources.gpus so that fewer trials share a GPU",
     ),
     "cpu_oom": (
         "host memory",
-        "lower training.batch_size or evaluation.max_batch_size, use a smaller model, "
+        "lower training.batch_size, evaluation.batch_size or evaluation.max_batch_size, use a smaller model, "
         "or lower resources.max_concurrent_trials",
     ),
 }
