@@ -133,6 +133,11 @@ def prepare_launch(options: LaunchOptions) -> PreparedLaunch:
     sweep_folder = storage / spec.name
     if options.resume:
         check_resumable(sweep_folder)
+    elif sweep_folder.exists() and not options.new and not any(sweep_folder.glob("experiment_state-*.json")):
+        raise LaunchError(
+            f"sweep {spec.name!r} in {str(storage)!r} stopped before Ray Tune saved any state, so there is nothing "
+            f"to resume; start it again with --new (the old folder is kept under another name), or pick another --name"
+        )
     elif sweep_folder.exists() and not options.new:
         raise LaunchError(
             f"sweep {spec.name!r} already exists in {str(storage)!r}; continue it with 'sweeper resume {spec.name}', "
@@ -253,7 +258,7 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     spec = launch.spec
 
     from sweeper.tracking_setup import open_tracking, tracking_credentials
-    from sweeper.tune_runner import check_cluster, connect_ray, disconnect_ray, run_tuner
+    from sweeper.tune_runner import check_cluster, connect_ray, describe_cluster, disconnect_ray, run_tuner
 
     sweep_folder = launch.storage / spec.name
     previous = read_tracking_record(sweep_folder) if options.resume else None
@@ -268,6 +273,9 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     # cannot see the storage fails in seconds rather than after minutes of preparation.
     started_ray = connect_ray(options.address, spec)
     try:
+        if options.address is not None:
+            # 'auto' joins whichever cluster runs on this machine, so say which one it was.
+            echo(describe_cluster(options.address))
         check_cluster(launch, tracking.uri)
         echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")
         data = prepare_data(spec, spec_path=launch.spec_path, data_root=launch.data_root, cache_dir=launch.cache_dir)

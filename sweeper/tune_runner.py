@@ -132,6 +132,16 @@ def disconnect_ray() -> None:
     ray.shutdown()
 
 
+def describe_cluster(address: str) -> str:
+    """Return a line naming the Ray cluster joined at ``address``: its nodes, CPUs and GPUs."""
+    resources = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return (
+        f"Joined the Ray cluster at {address!r}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs"
+    )
+
+
 def _check_cluster_resources(spec: SweepSpec) -> None:
     available = ray.cluster_resources()
     for resource, wanted in (("CPU", spec.resources.cpus), ("GPU", spec.resources.gpus)):

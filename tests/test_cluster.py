@@ -8,6 +8,7 @@ from its last checkpoint on the head node, and the sweep ends with every result.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,8 @@ def _trial_checkpointed_on(client: MlflowClient, sweep: Path, node_id: str) -> s
 def test_sweep_completes_after_losing_a_node(cluster_run: dict) -> None:
     output = (cluster_run["work"] / "launch.log").read_text()
     assert cluster_run["driver"].returncode == 0, output[-3000:]
+    # The launch names the cluster it joined: both nodes, one CPU each.
+    assert re.search(r"Joined the Ray cluster at '127\.0\.0\.1:\d+': 2 node\(s\), 2 CPUs, 0 GPUs", output), output[:3000]
     assert output.count("TERMINATED") >= 2
 
 

@@ -253,14 +253,20 @@ def test_resume_rejects_a_renamed_folder(tmp_path: Path) -> None:
     assert "'sweeper resume resume'" in lines[0]
 
 
-def test_launch_refuses_an_existing_name(tmp_path: Path) -> None:
-    (tmp_path / "sweeps" / "demo").mkdir(parents=True)
+@pytest.mark.parametrize("saved_state", [True, False], ids=["tune-state", "no-tune-state"])
+def test_launch_refuses_an_existing_name(tmp_path: Path, saved_state: bool) -> None:
+    folder = tmp_path / "sweeps" / "demo"
+    folder.mkdir(parents=True)
+    if saved_state:
+        (folder / "experiment_state-2026-01-01_00-00-00.json").write_text("{}", encoding="utf-8")
     completed = subprocess.run(
         [SWEEPER, "launch", str(PROJECT_ROOT / "configs" / "demo.yaml"), "--storage", str(tmp_path / "sweeps")],
         capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 1
-    assert "sweeper resume demo" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    # Without Tune's state there is nothing to resume, so only --new is offered.
+    assert ("sweeper resume demo" in completed.stderr) == saved_state
     assert "--new" in completed.stderr
 
 
