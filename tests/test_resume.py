@@ -86,7 +86,9 @@ def kill_group(process: subprocess.Popen) -> None:
 def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = tmp_path_factory.mktemp("resume")
     spec_path = work / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({**SPEC, "training": {**SPEC["training"], "epochs": RESUME_EPOCHS}}), encoding="utf-8")
+    # Ten checkpoints kept: the one Tune's saved state names must still be on disk when the driver dies.
+    training = {**SPEC["training"], "epochs": RESUME_EPOCHS, "checkpoint": {"every_epochs": 2, "keep": 10}}
+    spec_path.write_text(yaml.safe_dump({**SPEC, "training": training}), encoding="utf-8")
     storage = work / "sweeps"
     sweep = storage / "resume"
     environment = {**os.environ, "SWEEPER_HOME": str(work / "home")}
@@ -99,11 +101,13 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
         deadline = time.monotonic() + 900
         # Tune must have recorded a checkpoint of the second trial after its first one, so that
         # the checkpoint it restores from can be damaged while an older one is left intact.
-        while recorded_checkpoint(sweep, "00001") < 1 or checkpoint_count(sweep, "00001") < 3:
+        # The index is read before the kill: the state file may be half written when the driver dies.
+        recorded = recorded_checkpoint(sweep, "00001")
+        while recorded < 1 or checkpoint_count(sweep, "00001") < 3:
             assert driver.poll() is None, (work / "launch.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the second trial wrote no checkpoint in time"
             time.sleep(0.5)
-        time.sleep(1.0)  # let Tune finish moving the checkpoint into place
+            recorded = recorded_checkpoint(sweep, "00001")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
@@ -115,9 +119,11 @@ def resumed(server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> dic
     second_trial = sorted(sweep.glob("run_trial_*_00001_*"))[0]
     checkpoints = sorted(second_trial.glob("checkpoint_*"))
     # Damage the checkpoint Tune restores from and every newer one, so the resumed trial must
-    # fall back to an older one.
-    recorded = recorded_checkpoint(sweep, "00001")
-    assert any(int(checkpoint.name.split("_")[1]) < recorded for checkpoint in checkpoints)
+    # fall back to an older one. A state saved after the reading above names a newer one.
+    indices = [int(checkpoint.name.split("_")[1]) for checkpoint in checkpoints]
+    # Tune restores from the checkpoint its saved state names, so that one must still be there.
+    assert recorded in indices, (recorded, indices)
+    assert any(index < recorded for index in indices)
     for checkpoint in (checkpoint for checkpoint in checkpoints if int(checkpoint.name.split("_")[1]) >= recorded):
         state_file = checkpoint / "trial-state.pt"
         state_file.write_bytes(state_file.read_bytes()[:100])
