@@ -274,7 +274,7 @@ def _run_prepared(options: LaunchOptions, launch: PreparedLaunch, echo: Callable
     started_ray = connect_ray(options.address, spec)
     try:
         if options.address is not None:
-            # 'auto' joins whichever cluster runs on this machine, so say which one it was.
+            # 'auto' joins whichever cluster runs on this machine, so the output names the one joined.
             echo(describe_cluster(options.address))
         check_cluster(launch, tracking.uri)
         echo(f"Preparing data for sweep {spec.name!r} ({count_trials(spec)} trials)")

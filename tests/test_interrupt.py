@@ -26,7 +26,7 @@ def session_processes(session: int) -> dict[int, bytes]:
         if not entry.name.isdigit():
             continue
         try:
-            # After the command's closing parenthesis, /proc/PID/stat lists the state first and the session 4th.
+            # In /proc/PID/stat the fields after the command's closing parenthesis start with the state, and the 4th is the session id.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             command = (entry / "cmdline").read_bytes()
         except OSError:
